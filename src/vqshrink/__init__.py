@@ -1,0 +1,3 @@
+"""vqshrink: Deferred Quantization experiments as one Snakemake DAG."""
+
+__version__ = "0.1.0"

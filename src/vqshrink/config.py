@@ -1,0 +1,119 @@
+"""Configuration: preset overlay and validation with errors that name the key.
+
+The workflow's ``config.yaml`` describes the paper (``preset: paper``). A preset is a
+partial config under ``presets.<name>`` that is deep-merged over the base config;
+``--config preset=demo`` selects one. Validation runs on the merged result against
+``workflow/schemas/config.schema.yaml`` so that an unknown key, a wrong type or an
+impossible value stops the run before any job starts.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config value is missing, unknown or out of range; the message names the key."""
+
+
+def deep_merge(base: Mapping, overlay: Mapping) -> dict:
+    """Return ``base`` with ``overlay`` merged in; nested mappings merge, anything else replaces."""
+    out = copy.deepcopy(dict(base))
+    for key, value in overlay.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _key_path(path) -> str:
+    parts = [str(p) if not isinstance(p, int) else f"[{p}]" for p in path]
+    return ".".join(parts).replace(".[", "[") or "<top level>"
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    key = _key_path(error.absolute_path)
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    if error.validator == "additionalProperties":
+        allowed = sorted(schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        prefix = "" if key == "<top level>" else key + "."
+        return (
+            f"unknown config key {', '.join(prefix + e for e in extra)}; "
+            f"allowed keys{' under ' + key if prefix else ''}: {', '.join(allowed)}"
+        )
+    if error.validator == "enum":
+        return f"config key {key}: {error.instance!r} is not allowed; allowed values: {error.validator_value}"
+    if error.validator == "required":
+        return f"config key {key}: {error.message}"
+    return f"config key {key}: {error.message}"
+
+
+def validate(config: Mapping, schema: Mapping | str | Path) -> None:
+    """Raise :class:`ConfigError` listing every violation of ``schema``, each naming its key."""
+    if not isinstance(schema, Mapping):
+        schema = yaml.safe_load(Path(schema).read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(_describe(e) for e in errors))
+
+
+def resolve(config: Mapping, schema: Mapping | str | Path) -> dict:
+    """Apply the selected preset over ``config`` and validate the result.
+
+    The returned dict has ``preset`` set to the preset used; the ``presets`` section is
+    kept so that a job can record what the overlay was.
+    """
+    presets = config.get("presets", {}) or {}
+    name = config.get("preset", "paper")
+    if name != "paper" and name not in presets:
+        raise ConfigError(
+            f"config key preset: {name!r} is not defined; choose 'paper' or one of "
+            f"presets: {', '.join(sorted(presets)) or '(none)'}"
+        )
+    merged = deep_merge(config, presets.get(name, {}) or {})
+    merged["preset"] = name
+    try:
+        validate(merged, schema)
+        check_consistency(merged)
+    except ConfigError as err:
+        if name != "paper":
+            raise ConfigError(f"{err} (after applying preset {name!r})") from None
+        raise
+    return merged
+
+
+def check_consistency(config: Mapping) -> None:
+    """Cross-key rules that a JSON schema cannot state."""
+    problems = []
+    syn = config.get("synthetic", {})
+    token_dims = syn.get("token_dims", {})
+    ec = syn.get("embeddings_collapse", {})
+    for dim in [*syn.get("input_dims", []), ec.get("input_dim")]:
+        if dim is not None and str(dim) not in token_dims:
+            problems.append(f"config key synthetic.token_dims: no token dim for input dim {dim}")
+    if syn.get("figure_input_dim") not in syn.get("input_dims", []):
+        problems.append("config key synthetic.figure_input_dim: must be one of synthetic.input_dims")
+    if syn.get("figure_seed") not in syn.get("seeds", []):
+        problems.append("config key synthetic.figure_seed: must be one of synthetic.seeds")
+    if syn.get("kmeans_points", 0) < syn.get("codebook_size", 0):
+        problems.append("config key synthetic.kmeans_points: fewer embeddings than "
+                        "synthetic.codebook_size tokens")
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+def load(path: str | Path, schema: str | Path, overrides: Mapping | None = None) -> dict:
+    """Load ``config.yaml``, merge ``overrides`` (like ``--config``) and resolve it."""
+    config = yaml.safe_load(Path(path).read_text()) or {}
+    if overrides:
+        config = deep_merge(config, overrides)
+    return resolve(config, schema)

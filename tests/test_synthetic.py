@@ -1,0 +1,143 @@
+"""Synthetic experiment stages on small data: data, training, resume, DDP, evaluation."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from vqshrink.data.synthetic import make_gaussian_mixture
+from vqshrink.io import load_torch
+from vqshrink.stages import synthetic as syn
+from vqshrink.training import NonFiniteLossError
+
+DATA = {"input_dim": 2, "n_clusters": 10, "points_per_cluster": 60, "cluster_std": 1.0,
+        "center_box": [-10.0, 10.0], "min_separation": 4.0, "data_seed": 0}
+
+
+def settings(**over):
+    s = {"input_dim": 2, "token_dim": 1, "hidden": 32, "encoder_hidden": None,
+         "codebook_size": 16, "beta": 0.25, "ema_decay": 0.9, "seed": 0, "batch_size": 64,
+         "lr": 1e-3, "weight_decay": 0.01, "device": "cpu", "epochs": 4,
+         "kmeans_points": 600, "kmeans_iters": 5, "schedule": "baseline"}
+    s.update(over)
+    return s
+
+
+@pytest.fixture()
+def data(tmp_path):
+    path = tmp_path / "data.npz"
+    syn.make_data(data=str(path), record=str(tmp_path / "data.json"), settings=DATA,
+                  preset="test")
+    return str(path)
+
+
+def test_gaussian_mixture_is_standardised_with_distinct_modes():
+    mix = make_gaussian_mixture(3, points_per_cluster=500, seed=1)
+    assert mix.x.shape == (5000, 3) and mix.means.shape == (10, 3)
+    np.testing.assert_allclose(mix.x.mean(0), 0, atol=1e-5)
+    np.testing.assert_allclose(mix.x.std(0), 1, atol=1e-4)
+    for k in range(10):  # empirical cluster centres sit at the recorded means
+        np.testing.assert_allclose(mix.x[mix.labels == k].mean(0), mix.means[k], atol=0.15)
+    again = make_gaussian_mixture(3, points_per_cluster=500, seed=1)
+    assert np.array_equal(mix.x, again.x)
+
+
+def run_vq(tmp_path, data, tag, schedule="baseline", ae=None, **over):
+    d = tmp_path / tag
+    s = settings(schedule=schedule, **over)
+    syn.init_codebook(data=data, init=str(d / "init.pt"), embeddings=str(d / "emb.npz"),
+                      record=str(d / "init.json"), settings=s, preset="test", ae=ae)
+    syn.train_vq(data=data, init=str(d / "init.pt"), model=str(d / "model.pt"),
+                 curve=str(d / "curve.csv"), record=str(d / "run.json"), settings=s,
+                 preset="test", state_dir=str(d / "state"), checkpoint_interval_s=0.0)
+    return d
+
+
+def test_baseline_and_deferred_runs_produce_outputs(tmp_path, data):
+    base = run_vq(tmp_path, data, "base")
+    ae_dir = tmp_path / "ae"
+    syn.pretrain_ae(data=data, model=str(ae_dir / "model.pt"), curve=str(ae_dir / "curve.csv"),
+                    record=str(ae_dir / "run.json"), settings=settings(epochs=3), preset="test",
+                    state_dir=str(ae_dir / "state"), checkpoint_interval_s=0.0)
+    deferred = run_vq(tmp_path, data, "def", schedule="deferred", ae=str(ae_dir / "model.pt"))
+    for d in (base, deferred):
+        curve = (d / "curve.csv").read_text().splitlines()
+        assert curve[0].startswith("epoch,step,loss,mse") and len(curve) == 5
+        assert not (d / "state" / "last.pt").exists()  # finished state is cleared
+        assert json.loads((d / "run.json").read_text())["preset"] == "test"
+    # the deferred codebook is fitted on the pretrained encoder: its init embeddings differ
+    z_base = np.load(base / "emb.npz")["z"]
+    z_def = np.load(deferred / "emb.npz")["z"]
+    assert not np.allclose(z_base, z_def)
+    ae = load_torch(ae_dir / "model.pt")["model"]
+    init = load_torch(deferred / "init.pt")["model"]
+    torch.testing.assert_close(init["encoder.0.weight"], ae["encoder.0.weight"])
+    # evaluation writes every diagnostic
+    syn.evaluate(data=data, model=str(base / "model.pt"), metrics=str(base / "m.json"),
+                 samples=str(base / "s.npz"), settings=settings(), preset="test")
+    metrics = json.loads((base / "m.json").read_text())["metrics"]
+    assert set(metrics) >= {"euclidean", "perplexity", "usage", "dead_fraction", "mse",
+                            "mode_entropy", "modes_covered", "out_of_support"}
+    assert 1 <= metrics["perplexity"] <= 16 and 0 <= metrics["modes_covered"] <= 10
+
+
+def test_interrupted_training_resumes_to_the_same_result(tmp_path, data, monkeypatch):
+    ref = run_vq(tmp_path, data, "ref", epochs=6)
+    real = syn.check_finite
+
+    def crash_at_step_25(loss, *, epoch, step, **kw):
+        if step == 25:
+            raise KeyboardInterrupt("simulated kill")
+        real(loss, epoch=epoch, step=step, **kw)
+
+    monkeypatch.setattr(syn, "check_finite", crash_at_step_25)
+    with pytest.raises(KeyboardInterrupt):
+        run_vq(tmp_path, data, "resumed", epochs=6)
+    state = load_torch(tmp_path / "resumed" / "state" / "last.pt")
+    assert state["epoch"] == 2  # 10 steps per epoch: epochs 0 and 1 were saved
+    monkeypatch.setattr(syn, "check_finite", real)
+    d = tmp_path / "resumed"
+    syn.train_vq(data=data, init=str(d / "init.pt"), model=str(d / "model.pt"),
+                 curve=str(d / "curve.csv"), record=str(d / "run.json"), settings=settings(epochs=6),
+                 preset="test", state_dir=str(d / "state"), checkpoint_interval_s=0.0)
+    a, b = load_torch(ref / "model.pt")["model"], load_torch(d / "model.pt")["model"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+    assert (ref / "curve.csv").read_text() .splitlines()[1:][-1].split(",")[:3] == \
+        (d / "curve.csv").read_text().splitlines()[1:][-1].split(",")[:3]
+
+
+def test_nan_loss_fails_naming_the_step_and_keeps_last_good_state(tmp_path, data, monkeypatch):
+    real = syn.check_finite
+
+    def nan_at_step_23(loss, *, epoch, step, **kw):
+        real(loss * float("nan") if step == 23 else loss, epoch=epoch, step=step, **kw)
+
+    monkeypatch.setattr(syn, "check_finite", nan_at_step_23)
+    with pytest.raises(NonFiniteLossError, match="at epoch 2, step 23"):
+        run_vq(tmp_path, data, "nan", epochs=6)
+    d = tmp_path / "nan"
+    assert load_torch(d / "state" / "last.pt")["epoch"] == 2
+    assert not (d / "model.pt").exists()
+
+
+def test_ddp_two_processes_match_one(tmp_path, data, monkeypatch):
+    """2 gloo processes splitting each batch train the same model as one process."""
+    from vqshrink.launch import Resources, launch
+
+    one = run_vq(tmp_path, data, "one", epochs=2)
+    d = tmp_path / "two"
+    s = settings(epochs=2)
+    syn.init_codebook(data=data, init=str(d / "init.pt"), embeddings=str(d / "emb.npz"),
+                      record=str(d / "init.json"), settings=s, preset="test")
+    monkeypatch.setenv("VQSHRINK_LOCAL_PROCS", "2")
+    launch(syn.train_vq, dict(data=data, init=str(d / "init.pt"), model=str(d / "model.pt"),
+                              curve=str(d / "curve.csv"), record=str(d / "run.json"), settings=s,
+                              preset="test", state_dir=str(d / "state"),
+                              checkpoint_interval_s=0.0),
+           name="ddp-test", resources=Resources(), launcher="local")
+    a, b = load_torch(one / "model.pt")["model"], load_torch(d / "model.pt")["model"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)

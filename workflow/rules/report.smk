@@ -1,0 +1,110 @@
+# Tables and figures: small, run on the submitting machine.
+
+
+localrules:
+    synthetic_table,
+    embeddings_collapse,
+    fig2,
+    fig3_fig6,
+
+
+rule synthetic_table:
+    input:
+        metrics=[f"{run}/eval/metrics.json" for run in main_runs()],
+    output:
+        table="results/tables/synthetic.csv",
+        claims="results/tables/synthetic_claims.csv",
+    params:
+        stage="synthetic_report.tables",
+        settings={},
+        preset=PRESET,
+    log:
+        log_path("synthetic_table", "synthetic"),
+    script:
+        STAGE_SCRIPT
+
+
+rule embeddings_collapse:
+    input:
+        metrics=[f"{run}/eval/metrics.json" for run in collapse_runs()],
+        samples=[f"{run}/eval/samples.npz" for run in collapse_runs()],
+    output:
+        table="results/tables/embeddings_collapse.csv",
+        figure=report(
+            "results/figures/embeddings_collapse.png",
+            caption="../report/embeddings_collapse.rst",
+            category="Synthetic",
+        ),
+    params:
+        stage="synthetic_report.embeddings_collapse",
+        settings={"figure_seed": SYN["figure_seed"]},
+        preset=PRESET,
+    log:
+        log_path("embeddings_collapse", "embeddings_collapse"),
+    script:
+        STAGE_SCRIPT
+
+
+rule fig2:
+    input:
+        projections=expand(
+            "results/synthetic/dim{dim}/h{hidden}/seed{seed}/projection.npz",
+            dim=SYN["input_dims"],
+            hidden=SYN["hidden"],
+            seed=SYN["figure_seed"],
+        ),
+    output:
+        figure=report(
+            "results/figures/fig2.png", caption="../report/fig2.rst", category="Synthetic"
+        ),
+    params:
+        stage="synthetic_report.fig2",
+        settings={"input_dims": SYN["input_dims"]},
+        preset=PRESET,
+    log:
+        log_path("fig2", "fig2"),
+    script:
+        STAGE_SCRIPT
+
+
+rule fig3_fig6:
+    input:
+        baseline_init=expand(
+            "results/synthetic/dim{dim}/h{hidden}/seed{seed}/baseline/init/embeddings.npz",
+            dim=SYN["figure_input_dim"],
+            hidden=SYN["hidden"],
+            seed=SYN["figure_seed"],
+        ),
+        deferred_init=expand(
+            "results/synthetic/dim{dim}/h{hidden}/seed{seed}/deferred/init/embeddings.npz",
+            dim=SYN["figure_input_dim"],
+            hidden=SYN["hidden"],
+            seed=SYN["figure_seed"],
+        ),
+        baseline_eval=expand(
+            "results/synthetic/dim{dim}/h{hidden}/seed{seed}/baseline/eval/samples.npz",
+            dim=SYN["figure_input_dim"],
+            hidden=SYN["hidden"],
+            seed=SYN["figure_seed"],
+        ),
+        deferred_eval=expand(
+            "results/synthetic/dim{dim}/h{hidden}/seed{seed}/deferred/eval/samples.npz",
+            dim=SYN["figure_input_dim"],
+            hidden=SYN["hidden"],
+            seed=SYN["figure_seed"],
+        ),
+    output:
+        fig3=report(
+            "results/figures/fig3.png", caption="../report/fig3.rst", category="Synthetic"
+        ),
+        fig6=report(
+            "results/figures/fig6.png", caption="../report/fig6.rst", category="Synthetic"
+        ),
+    params:
+        stage="synthetic_report.fig3_fig6",
+        settings={},
+        preset=PRESET,
+    log:
+        log_path("fig3_fig6", "fig3_fig6"),
+    script:
+        STAGE_SCRIPT

@@ -1,0 +1,31 @@
+"""Entry point of every stage rule: hand the rule's files and settings to its stage.
+
+Named inputs and outputs become the stage's keyword arguments, with the params
+``settings``/``preset``/``state_dir`` and the rule's log. How it runs (in-process or as a
+SLURM job through submitit) is config["launcher"]; read here rather than passed as a
+param so that switching launchers does not rerun finished stages.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+sm = snakemake  # noqa: F821 (injected by Snakemake)
+
+# Import the package from this repository (also inside a conda env and in SLURM jobs,
+# which inherit PYTHONPATH from this process).
+SRC = str(Path(sm.scriptdir).resolve().parents[1] / "src")
+sys.path.insert(0, SRC)
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p)
+
+from vqshrink.launch import launch_from_snakemake  # noqa: E402
+from vqshrink.stages import resolve  # noqa: E402
+
+params = dict(sm.params.items())
+kwargs = {**dict(sm.input.items()), **dict(sm.output.items())}
+kwargs.update({k: params[k] for k in ("settings", "preset", "state_dir") if k in params})
+if "state_dir" in kwargs:
+    kwargs["checkpoint_interval_s"] = sm.config["training"]["checkpoint_interval_s"]
+kwargs["log"] = sm.log[0]
+kwargs["threads"] = sm.threads
+launch_from_snakemake(sm, resolve(params["stage"]), kwargs)
