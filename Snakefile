@@ -9,11 +9,20 @@ configfile: "config.yaml"
 
 
 include: "workflow/rules/common.smk"
+
+
+wildcard_constraints:
+    dim=r"\d+",
+    hidden=r"\d+",
+    seed=r"\d+",
+    schedule="baseline|deferred",
+
+
 include: "workflow/rules/synthetic.smk"
 include: "workflow/rules/report.smk"
 
 
 rule all:
+    default_target: True
     input:
         all_targets(),
-    default_target: True

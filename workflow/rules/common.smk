@@ -1,4 +1,4 @@
-# Helpers shared by every rule file: config resolution, paths, settings, resources.
+# Helpers shared by all rule files (config resolution, paths, settings, resources).
 import os
 import sys
 from pathlib import Path
@@ -17,7 +17,6 @@ config.clear()
 config.update(_resolved)
 
 
-
 def check_results_writable(root="results"):
     """Stop before any job when outputs could not be written (a file in the way, a
     read-only or immutable directory), naming the directory."""
@@ -28,7 +27,9 @@ def check_results_writable(root="results"):
         probe.write_text("")
         probe.unlink()
     except OSError as err:
-        raise WorkflowError(f"results directory {path.resolve()} is not writable: {err}")
+        raise WorkflowError(
+            f"results directory {path.resolve()} is not writable: {err}"
+        )
 
 
 check_results_writable()
@@ -39,13 +40,6 @@ STAGE_SCRIPT = "../scripts/stage.py"
 ENV = "../../envs/vqshrink.yaml"
 
 
-wildcard_constraints:
-    dim=r"\d+",
-    hidden=r"\d+",
-    seed=r"\d+",
-    schedule="baseline|deferred",
-
-
 # ---------------------------------------------------------------- paths
 def syn_run(w, *parts):
     """results/synthetic/dim{dim}/h{hidden}/seed{seed}[/parts...] for wildcards ``w``."""
@@ -54,8 +48,9 @@ def syn_run(w, *parts):
 
 def syn_state(w, stage):
     """Training state of a stage: outside its outputs, so reruns can resume."""
-    sched = f"/{w.schedule}" if hasattr(w, "schedule") else ""
-    return f"results/state/synthetic/dim{w.dim}/h{w.hidden}/seed{w.seed}{sched}/{stage}"
+    parts = [f"dim{w.dim}", f"h{w.hidden}", f"seed{w.seed}"]
+    parts += [w.schedule] if hasattr(w, "schedule") else []
+    return str(Path("results", "state", "synthetic", *parts, stage))
 
 
 def log_path(rule_name, pattern):
@@ -67,10 +62,16 @@ def bench_path(rule_name, pattern):
 
 
 # ---------------------------------------------------------------- settings
-# Each rule gets only the settings its stage reads, as `params.settings`: changing one
+# Each stage gets only the settings it reads, as `params.settings`; changing one
 # reruns that stage and what depends on it, nothing else.
-SYN_DATA_KEYS = ("n_clusters", "points_per_cluster", "cluster_std", "center_box",
-                 "min_separation", "data_seed")
+SYN_DATA_KEYS = (
+    "n_clusters",
+    "points_per_cluster",
+    "cluster_std",
+    "center_box",
+    "min_separation",
+    "data_seed",
+)
 SYN_MODEL_KEYS = ("hidden", "codebook_size", "beta", "ema_decay")
 SYN_TRAIN_KEYS = ("batch_size", "lr", "weight_decay", "device")
 
@@ -91,8 +92,11 @@ def syn_model_settings(w):
 
 
 def syn_train_settings(w, phase):
-    return {**syn_model_settings(w), **{k: SYN[k] for k in SYN_TRAIN_KEYS},
-            "epochs": SYN["epochs"][phase]}
+    return {
+        **syn_model_settings(w),
+        **{k: SYN[k] for k in SYN_TRAIN_KEYS},
+        "epochs": SYN["epochs"][phase],
+    }
 
 
 def syn_vq_phase(w):
@@ -100,9 +104,13 @@ def syn_vq_phase(w):
 
 
 def syn_init_settings(w):
-    return {**syn_model_settings(w), "batch_size": SYN["batch_size"],
-            "kmeans_points": SYN["kmeans_points"], "kmeans_iters": SYN["kmeans_iters"],
-            "schedule": w.schedule}
+    return {
+        **syn_model_settings(w),
+        "batch_size": SYN["batch_size"],
+        "kmeans_points": SYN["kmeans_points"],
+        "kmeans_iters": SYN["kmeans_iters"],
+        "schedule": w.schedule,
+    }
 
 
 def stage_resources(section):
@@ -121,12 +129,17 @@ def get_syn_ae(w):
 def syn_runs(dims, hiddens, seeds, schedules):
     return [
         f"results/synthetic/dim{d}/h{h}/seed{s}/{sched}"
-        for d in dims for h in hiddens for s in seeds for sched in schedules
+        for d in dims
+        for h in hiddens
+        for s in seeds
+        for sched in schedules
     ]
 
 
 def main_runs():
-    return syn_runs(SYN["input_dims"], [SYN["hidden"]], SYN["seeds"], ["baseline", "deferred"])
+    return syn_runs(
+        SYN["input_dims"], [SYN["hidden"]], SYN["seeds"], ["baseline", "deferred"]
+    )
 
 
 def collapse_runs():

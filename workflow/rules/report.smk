@@ -14,12 +14,14 @@ rule synthetic_table:
     output:
         table="results/tables/synthetic.csv",
         claims="results/tables/synthetic_claims.csv",
+    log:
+        log_path("synthetic_table", "synthetic"),
+    conda:
+        ENV
     params:
         stage="synthetic_report.tables",
         settings={},
         preset=PRESET,
-    log:
-        log_path("synthetic_table", "synthetic"),
     script:
         STAGE_SCRIPT
 
@@ -35,12 +37,14 @@ rule embeddings_collapse:
             caption="../report/embeddings_collapse.rst",
             category="Synthetic",
         ),
+    log:
+        log_path("embeddings_collapse", "embeddings_collapse"),
+    conda:
+        ENV
     params:
         stage="synthetic_report.embeddings_collapse",
         settings={"figure_seed": SYN["figure_seed"]},
         preset=PRESET,
-    log:
-        log_path("embeddings_collapse", "embeddings_collapse"),
     script:
         STAGE_SCRIPT
 
@@ -55,14 +59,18 @@ rule fig2:
         ),
     output:
         figure=report(
-            "results/figures/fig2.png", caption="../report/fig2.rst", category="Synthetic"
+            "results/figures/fig2.png",
+            caption="../report/fig2.rst",
+            category="Synthetic",
         ),
+    log:
+        log_path("fig2", "fig2"),
+    conda:
+        ENV
     params:
         stage="synthetic_report.fig2",
         settings={"input_dims": SYN["input_dims"]},
         preset=PRESET,
-    log:
-        log_path("fig2", "fig2"),
     script:
         STAGE_SCRIPT
 
@@ -95,16 +103,22 @@ rule fig3_fig6:
         ),
     output:
         fig3=report(
-            "results/figures/fig3.png", caption="../report/fig3.rst", category="Synthetic"
+            "results/figures/fig3.png",
+            caption="../report/fig3.rst",
+            category="Synthetic",
         ),
         fig6=report(
-            "results/figures/fig6.png", caption="../report/fig6.rst", category="Synthetic"
+            "results/figures/fig6.png",
+            caption="../report/fig6.rst",
+            category="Synthetic",
         ),
+    log:
+        log_path("fig3_fig6", "fig3_fig6"),
+    conda:
+        ENV
     params:
         stage="synthetic_report.fig3_fig6",
         settings={},
         preset=PRESET,
-    log:
-        log_path("fig3_fig6", "fig3_fig6"),
     script:
         STAGE_SCRIPT

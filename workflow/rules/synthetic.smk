@@ -6,12 +6,14 @@ rule synthetic_data:
     output:
         data="results/synthetic/data/dim{dim}.npz",
         record="results/synthetic/data/dim{dim}.json",
+    log:
+        log_path("synthetic_data", "dim{dim}"),
+    conda:
+        ENV
     params:
         stage="synthetic.make_data",
         settings=syn_data_settings,
         preset=PRESET,
-    log:
-        log_path("synthetic_data", "dim{dim}"),
     script:
         STAGE_SCRIPT
 
@@ -23,18 +25,20 @@ rule synthetic_pretrain_ae:
         model="results/synthetic/dim{dim}/h{hidden}/seed{seed}/ae/model.pt",
         curve="results/synthetic/dim{dim}/h{hidden}/seed{seed}/ae/curve.csv",
         record="results/synthetic/dim{dim}/h{hidden}/seed{seed}/ae/run.json",
+    log:
+        log_path("synthetic_pretrain_ae", "dim{dim}_h{hidden}_seed{seed}"),
+    benchmark:
+        bench_path("synthetic_pretrain_ae", "dim{dim}_h{hidden}_seed{seed}")
+    conda:
+        ENV
+    threads: 1
+    resources:
+        **stage_resources("synthetic"),
     params:
         stage="synthetic.pretrain_ae",
         settings=lambda w: syn_train_settings(w, "pretrain"),
         preset=PRESET,
         state_dir=lambda w: syn_state(w, "ae"),
-    log:
-        log_path("synthetic_pretrain_ae", "dim{dim}_h{hidden}_seed{seed}"),
-    benchmark:
-        bench_path("synthetic_pretrain_ae", "dim{dim}_h{hidden}_seed{seed}")
-    threads: 1
-    resources:
-        **stage_resources("synthetic"),
     script:
         STAGE_SCRIPT
 
@@ -47,15 +51,17 @@ rule synthetic_init_codebook:
         init="results/synthetic/dim{dim}/h{hidden}/seed{seed}/{schedule}/init/model.pt",
         embeddings="results/synthetic/dim{dim}/h{hidden}/seed{seed}/{schedule}/init/embeddings.npz",
         record="results/synthetic/dim{dim}/h{hidden}/seed{seed}/{schedule}/init/run.json",
+    log:
+        log_path("synthetic_init_codebook", "dim{dim}_h{hidden}_seed{seed}_{schedule}"),
+    conda:
+        ENV
+    threads: 1
+    resources:
+        **stage_resources("synthetic"),
     params:
         stage="synthetic.init_codebook",
         settings=syn_init_settings,
         preset=PRESET,
-    log:
-        log_path("synthetic_init_codebook", "dim{dim}_h{hidden}_seed{seed}_{schedule}"),
-    threads: 1
-    resources:
-        **stage_resources("synthetic"),
     script:
         STAGE_SCRIPT
 
@@ -68,18 +74,20 @@ rule synthetic_train_vq:
         model="results/synthetic/dim{dim}/h{hidden}/seed{seed}/{schedule}/vq/model.pt",
         curve="results/synthetic/dim{dim}/h{hidden}/seed{seed}/{schedule}/vq/curve.csv",
         record="results/synthetic/dim{dim}/h{hidden}/seed{seed}/{schedule}/vq/run.json",
+    log:
+        log_path("synthetic_train_vq", "dim{dim}_h{hidden}_seed{seed}_{schedule}"),
+    benchmark:
+        bench_path("synthetic_train_vq", "dim{dim}_h{hidden}_seed{seed}_{schedule}")
+    conda:
+        ENV
+    threads: 1
+    resources:
+        **stage_resources("synthetic"),
     params:
         stage="synthetic.train_vq",
         settings=lambda w: syn_train_settings(w, syn_vq_phase(w)),
         preset=PRESET,
         state_dir=lambda w: syn_state(w, "vq"),
-    log:
-        log_path("synthetic_train_vq", "dim{dim}_h{hidden}_seed{seed}_{schedule}"),
-    benchmark:
-        bench_path("synthetic_train_vq", "dim{dim}_h{hidden}_seed{seed}_{schedule}")
-    threads: 1
-    resources:
-        **stage_resources("synthetic"),
     script:
         STAGE_SCRIPT
 
@@ -91,13 +99,15 @@ rule synthetic_eval:
     output:
         metrics="results/synthetic/dim{dim}/h{hidden}/seed{seed}/{schedule}/eval/metrics.json",
         samples="results/synthetic/dim{dim}/h{hidden}/seed{seed}/{schedule}/eval/samples.npz",
+    log:
+        log_path("synthetic_eval", "dim{dim}_h{hidden}_seed{seed}_{schedule}"),
+    conda:
+        ENV
+    threads: 1
     params:
         stage="synthetic.evaluate",
         settings=lambda w: {**syn_model_settings(w), "schedule": w.schedule},
         preset=PRESET,
-    log:
-        log_path("synthetic_eval", "dim{dim}_h{hidden}_seed{seed}_{schedule}"),
-    threads: 1
     script:
         STAGE_SCRIPT
 
@@ -109,12 +119,14 @@ rule synthetic_projection:
         deferred="results/synthetic/dim{dim}/h{hidden}/seed{seed}/deferred/eval/samples.npz",
     output:
         projection="results/synthetic/dim{dim}/h{hidden}/seed{seed}/projection.npz",
+    log:
+        log_path("synthetic_projection", "dim{dim}_h{hidden}_seed{seed}"),
+    conda:
+        ENV
+    threads: 1
     params:
         stage="synthetic_report.project",
         settings={"points": 1500, "perplexity": 30.0},
         preset=PRESET,
-    log:
-        log_path("synthetic_projection", "dim{dim}_h{hidden}_seed{seed}"),
-    threads: 1
     script:
         STAGE_SCRIPT
