@@ -1,0 +1,1 @@
+"""Evaluation metrics, one module per family (e.g. fid, diversity)."""
