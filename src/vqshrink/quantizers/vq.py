@@ -79,9 +79,9 @@ class VectorQuantizer(nn.Module):
     def forward(self, z: Tensor) -> VQOutput:
         flat = z.reshape(-1, self.dim)
         indices = nearest_code(flat, self.codebook.detach(), memory_budget_mb=self.memory_budget_mb)
+        tokens = self.codebook[indices]  # a copy: the loss sees the tokens before the update
         if self.training and self.ema_decay is not None:
             self._ema_update(flat.detach(), indices)
-        tokens = self.codebook[indices]
         loss = self.beta * (flat - tokens.detach()).pow(2).mean()
         if self.ema_decay is None:
             loss = loss + (flat.detach() - tokens).pow(2).mean()
