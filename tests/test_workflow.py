@@ -68,7 +68,7 @@ def test_snakefmt_check():
 @pytest.mark.parametrize("preset", ["paper", "demo"])
 @pytest.mark.parametrize("target", TARGETS)
 def test_every_target_dry_runs(target, preset, tmp_path):
-    proc = snakemake("-n", "--config", f"preset={preset}", target, cwd=copy_repo(tmp_path))
+    proc = snakemake("-n", target, "--config", f"preset={preset}", cwd=copy_repo(tmp_path))
     assert "synthetic_data" in proc.stdout
 
 
