@@ -37,6 +37,8 @@ __all__ = ["KMeansResult", "kmeans", "kmeans_plusplus", "random_init", "inertia_
 
 @dataclass
 class KMeansResult:
+    """Output of ``kmeans``; assignments, counts and inertia refer to ``centroids``."""
+
     centroids: Tensor  # (k, D) float32 (float64 if the data is float64), data's device
     assignments: Tensor  # (N,) long, nearest centroid of every point
     counts: Tensor  # (k,) long, cluster sizes (0 = empty cluster)
@@ -116,7 +118,7 @@ def kmeans(
     init: str = "kmeans++",  # "kmeans++" or "random"
     seed: int = 0,  # seeds a torch.Generator on x's device
     memory_budget_mb: float = 64.0,  # cap on the distance block of each assignment
-    tol: float = 0.0,  # stop when the relative inertia decrease is <= tol (0: only at a fixed point)
+    tol: float = 0.0,  # stop when relative inertia decrease <= tol (0: only at a fixed point)
 ) -> KMeansResult:
     """Cluster the rows of x (N, D) into k centroids with Lloyd's algorithm.
 

@@ -33,7 +33,7 @@ from torch import Tensor
 __all__ = ["nearest_code", "sq_dist_to_codes", "block_shape"]
 
 # Target size of the distance block on CPU, well inside a typical 32 MiB L3 (see module doc).
-CPU_BLOCK_BYTES = 8 * 2**20
+CPU_BLOCK_BYTES = 16 * 2**20
 # On CPU never shrink the block below this many query rows for cache reasons alone: a GEMM
 # with very few rows is slow. The memory budget still wins over this floor.
 CPU_MIN_ROWS = 64
@@ -202,7 +202,8 @@ def nearest_code(
         raise ValueError(f"z must be (N, D) and codebook (K, D); got {tuple(z.shape)} and "
                          f"{tuple(codebook.shape)}")
     if z.shape[1] != codebook.shape[1]:
-        raise ValueError(f"dimension mismatch: z has D={z.shape[1]}, codebook D={codebook.shape[1]}")
+        raise ValueError(f"dimension mismatch: z has D={z.shape[1]}, "
+                         f"codebook has D={codebook.shape[1]}")
     if codebook.shape[0] == 0:
         raise ValueError("codebook is empty (K=0)")
     with torch.no_grad():
