@@ -20,6 +20,8 @@ wildcard_constraints:
 
 include: "workflow/rules/synthetic.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/tokenizer.smk"
 
 
 rule all:

@@ -107,8 +107,52 @@ def check_consistency(config: Mapping) -> None:
     if syn.get("kmeans_points", 0) < syn.get("codebook_size", 0):
         problems.append("config key synthetic.kmeans_points: fewer embeddings than "
                         "synthetic.codebook_size tokens")
+    problems += _tokenizer_problems(config)
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+# ---------------------------------------------------------------- image tokenizers (issue 3)
+def _tokenizer_problems(config: Mapping) -> list[str]:
+    """Cross-key rules of the datasets / tokenizers / vqvae_sweep sections."""
+    tok, sweep, data = (config.get(k) or {} for k in ("tokenizers", "vqvae_sweep", "datasets"))
+    if not tok or not data:
+        return []
+    problems = []
+    archs, variants = tok.get("architectures", {}), tok.get("variants", {})
+    for name, v in variants.items():
+        if v["architecture"] not in archs:
+            problems.append(f"config key tokenizers.variants.{name}.architecture: "
+                            f"{v['architecture']!r} is not one of tokenizers.architectures "
+                            f"({', '.join(sorted(archs))})")
+    used = [(t, data.get("substitute") or spec["dataset"]) for t, spec in
+            tok.get("tables", {}).items()]
+    for table, dataset in used:
+        spec = tok["tables"][table]
+        for name in spec["variants"]:
+            if name not in variants:
+                problems.append(f"config key tokenizers.tables.{table}.variants: {name!r} is not "
+                                f"one of tokenizers.variants ({', '.join(sorted(variants))})")
+                continue
+            arch = archs.get(variants[name]["architecture"])
+            if arch is None:
+                continue
+            res = data[dataset]["resolution"]
+            down = 2 ** (len(arch["ch_mult"]) - 1)
+            if res % down:
+                problems.append(f"config key tokenizers.architectures.{variants[name]['architecture']}"
+                                f".ch_mult: {dataset} images ({res} px) are not divisible by {down}")
+            elif variants[name]["quantizer"].startswith("multiscale") \
+                    and tok["patch_nums"][-1] != res // down:
+                problems.append(f"config key tokenizers.patch_nums: the last scale must be the "
+                                f"latent size {res // down} of {dataset} ({res} px), got "
+                                f"{tok['patch_nums'][-1]}")
+    if sweep:
+        dataset = data.get("substitute") or sweep["dataset"]
+        if data[dataset]["resolution"] % 4:
+            problems.append(f"config key vqvae_sweep.dataset: {dataset} images "
+                            f"({data[dataset]['resolution']} px) are not divisible by 4")
+    return list(dict.fromkeys(problems))
 
 
 def load(path: str | Path, schema: str | Path, overrides: Mapping | None = None) -> dict:

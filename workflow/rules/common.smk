@@ -113,9 +113,12 @@ def syn_init_settings(w):
     }
 
 
-def stage_resources(section):
-    """Standard Snakemake resources of a stage group, from config (cluster names: profile)."""
-    return dict(config[section]["resources"])
+def stage_resources(section, group=None):
+    """Standard Snakemake resources of a stage group, from config (cluster names: profile).
+    ``group`` picks one of several groups of a section (e.g. tokenizers' train/init/eval).
+    """
+    res = config[section]["resources"]
+    return dict(res[group] if group else res)
 
 
 # ---------------------------------------------------------------- input functions
@@ -147,6 +150,369 @@ def collapse_runs():
     return syn_runs([ec["input_dim"]], ec["encoder_hidden"], ec["seeds"], ["baseline"])
 
 
+# ---------------------------------------------------------------- image tokenizers (issue 3)
+# Paths are keyed by the dataset ACTUALLY used (the demo's substitute), so runs are shared:
+#   results/data/{dataset}/                               prepared images (data.smk)
+#   results/fid/{dataset}/{split}-{featnet}.npz           FID reference statistics
+#   results/tokenizers/{dataset}/ae-{arch}/               ONE autoencoder per architecture
+#   results/tokenizers/{dataset}/{variant}/{schedule}/    init/, vq/, eval/, tokens/
+# Variants: tokenizers.variants, and vqvae-k{K} for the Fig. 4 sweep (vqvae_sweep).
+import functools
+import re
+
+from vqshrink import weights as vqweights
+
+DATASETS = config["datasets"]
+METRICS = config["metrics"]
+TOK = config["tokenizers"]
+SWEEP = config["vqvae_sweep"]
+SWEEP_ARCH = "cifar_vqvae"
+SWEEP_VARIANT = re.compile(r"vqvae-k(\d+)")
+FEATNET = METRICS["fid_feature_net"]
+IMAGE_DATASETS = ("imagenet100", "odir", "cifar10", "digits")
+# What each dataset needs from you: config key under datasets.<name> -> what to put there.
+DATASET_SOURCES = {
+    "imagenet100": {"root": "the ILSVRC-2012 train directory (<root>/<wnid>/*.JPEG)"},
+    "odir": {
+        "image_dir": "the ODIR-5K image directory",
+        "annotation": "its annotation file (Kaggle full_df.csv, or data.xlsx)",
+    },
+    "cifar10": {
+        "root": "a directory holding cifar-10-batches-py/ "
+        "(or where to download it, with datasets.cifar10.download: true)"
+    },
+    "digits": {},
+}
+
+
+def used_dataset(paper_dataset):
+    """The dataset a run of ``paper_dataset`` actually uses (the demo's substitute)."""
+    return DATASETS["substitute"] or paper_dataset
+
+
+def check_dataset_sources(dataset):
+    """A dataset whose source path is null stops the run before any job, naming the key."""
+    for key, what in DATASET_SOURCES[dataset].items():
+        if DATASETS[dataset][key] is None:
+            raise WorkflowError(
+                f"dataset {dataset} is needed by the requested targets, but config key "
+                f"datasets.{dataset}.{key} is null: set it (in config.yaml or a file given "
+                f"with --configfile) to {what}"
+            )
+
+
+def get_dataset_sources(w):
+    """Source paths of a dataset (inputs of its preparation)."""
+    check_dataset_sources(w.dataset)
+    d = DATASETS[w.dataset]
+    sources = {}
+    if not (w.dataset == "cifar10" and d["download"]):
+        sources = {key: d[key] for key in DATASET_SOURCES[w.dataset]}
+    if w.dataset == "imagenet100":
+        sources["class_list"] = d["class_list"]
+    return sources
+
+
+def data_settings(w):
+    d = {k: v for k, v in DATASETS[w.dataset].items() if k != "checkpoint"}
+    if w.dataset in ("imagenet100", "odir"):
+        d["workers"] = DATASETS["workers"]
+    return {"name": w.dataset, **d}
+
+
+# ---- metrics: FID reference statistics, substitute classifier, pretrained weights
+def fid_settings(dataset):
+    return {
+        "feature_net": FEATNET,
+        "batch_size": METRICS["fid_batch_size"],
+        "dataset": dataset,
+    }
+
+
+def fid_ref_path(dataset, split):
+    return f"results/fid/{dataset}/{split}-{FEATNET}.npz"
+
+
+def get_fid_classifier(w):
+    if FEATNET == "classifier":
+        return {"classifier": f"results/fid/{w.dataset}/classifier.pt"}
+    return {}
+
+
+@functools.cache
+def _missing_weights(fid, lpips_net):
+    try:
+        vqweights.check_weights(
+            fid=fid, lpips_net=lpips_net, cache_dir=METRICS["weights_dir"]
+        )
+    except vqweights.MissingWeightsError as err:
+        return str(err)
+    return None
+
+
+def require_weights(w, *, fid=False, lpips_net=None):
+    """Stop the DAG (before any job) when the job's dataset has no source path, or when
+    pretrained weights it needs are missing (named with URL and target path)."""
+    check_dataset_sources(w.dataset)
+    message = _missing_weights(fid, lpips_net)
+    if message:
+        raise WorkflowError(
+            f"{message}\nWith this workflow: `snakemake -c1 fetch_weights` where there is "
+            "internet, into the cache set by config key metrics.weights_dir."
+        )
+    return {}
+
+
+def get_ref_weights(w):
+    return require_weights(w, fid=FEATNET == "inception")
+
+
+def get_train_weights(w):
+    """LPIPS trunk of the training loss; Inception when the best val-FID weights are kept."""
+    loss = tok_experiment(w)["loss"]
+    pretrained = loss["perceptual_weight"] > 0 and loss["lpips_pretrained"]
+    require_weights(w, lpips_net=loss["lpips_net"] if pretrained else None)
+    if hasattr(w, "variant") and checkpoint_policy(w) == "best_val_fid":
+        require_weights(w, fid=FEATNET == "inception")
+    return {}
+
+
+def get_eval_weights(w):
+    if variant_spec(w.variant)["sweep"]:
+        return require_weights(w)
+    require_weights(w, fid=FEATNET == "inception")
+    if METRICS["lpips_pretrained"]:
+        require_weights(w, lpips_net=METRICS["lpips_net"])
+    return {}
+
+
+def weights_to_fetch():
+    """(fid, lpips nets) that the configured metrics and losses load with real weights."""
+    nets = set()
+    if METRICS["lpips_pretrained"]:
+        nets.add(METRICS["lpips_net"])
+    if TOK["loss"]["perceptual_weight"] > 0 and TOK["loss"]["lpips_pretrained"]:
+        nets.add(TOK["loss"]["lpips_net"])
+    return {"fid": FEATNET == "inception", "lpips_nets": sorted(nets)}
+
+
+# ---- runs: variants, architectures, settings per stage
+def variant_spec(variant):
+    m = SWEEP_VARIANT.fullmatch(variant)
+    if m:
+        return {
+            "experiment": SWEEP,
+            "sweep": True,
+            "architecture": SWEEP_ARCH,
+            "quantizer": "vq_ema",
+            "gan": False,
+            "codebook_size": int(m.group(1)),
+        }
+    v = TOK["variants"][variant]
+    return {
+        "experiment": TOK,
+        "sweep": False,
+        **v,
+        "codebook_size": TOK["codebook_size"],
+    }
+
+
+def tok_experiment(w):
+    """The config section (tokenizers or vqvae_sweep) a job's wildcards belong to."""
+    if hasattr(w, "variant"):
+        return variant_spec(w.variant)["experiment"]
+    return SWEEP if w.arch == SWEEP_ARCH else TOK
+
+
+def arch_settings(arch, dataset):
+    base = SWEEP["architecture"] if arch == SWEEP_ARCH else TOK["architectures"][arch]
+    return {**base, "resolution": DATASETS[dataset]["resolution"]}
+
+
+def model_settings(w):
+    spec = variant_spec(w.variant)
+    arch = arch_settings(spec["architecture"], w.dataset)
+    k = spec["codebook_size"]
+    if spec["sweep"]:
+        return {
+            **arch,
+            "codebook_size": k,
+            "beta": SWEEP["beta"],
+            "ema_decay": SWEEP["ema_decay"],
+        }
+    multiscale = spec["quantizer"].startswith("multiscale")
+    extra = {"patch_nums": TOK["patch_nums"]} if multiscale else {}
+    return {
+        **arch,
+        "quantizer": spec["quantizer"],
+        "codebook_size": k,
+        "beta": TOK["beta"],
+        **extra,
+    }
+
+
+def train_settings(exp, phase):
+    t = exp["training"]
+    common = {k: v for k, v in t.items() if k not in ("epochs", "scheduler")}
+    return {**common, "epochs": t["epochs"][phase], "scheduler": t["scheduler"][phase]}
+
+
+def checkpoint_policy(w):
+    """Which VQ weights go downstream: per dataset (App. A.1), the final ones in the sweep."""
+    if variant_spec(w.variant)["sweep"]:
+        return "final"
+    return DATASETS[w.dataset]["checkpoint"]
+
+
+def tok_ae_settings(w):
+    exp = tok_experiment(w)
+    return {
+        "model": arch_settings(w.arch, w.dataset),
+        "loss": {**exp["loss"], "gan": False},
+        "train": train_settings(exp, "pretrain"),
+        "seed": exp["seed"],
+        "checkpoint": "final",
+    }
+
+
+def tok_init_settings(w):
+    exp = tok_experiment(w)
+    return {
+        "model": model_settings(w),
+        "kmeans": exp["kmeans"],
+        "seed": exp["seed"],
+        "schedule": w.schedule,
+        "batch_size": exp["training"]["batch_size"],
+        "device": exp["training"]["device"],
+    }
+
+
+def tok_train_settings(w):
+    spec = variant_spec(w.variant)
+    exp = spec["experiment"]
+    phase = "baseline" if w.schedule == "baseline" else "finetune"
+    settings = {
+        "model": model_settings(w),
+        "loss": {**exp["loss"], "gan": spec["gan"]},
+        "train": train_settings(exp, phase),
+        "seed": exp["seed"],
+        "checkpoint": checkpoint_policy(w),
+    }
+    if settings["checkpoint"] == "best_val_fid":
+        settings["fid"] = fid_settings(w.dataset)
+    return settings
+
+
+def tok_eval_settings(w):
+    spec = variant_spec(w.variant)
+    full = not spec["sweep"]  # Fig. 4 reports MSE, perplexity and distance only
+    lpips = {"net": METRICS["lpips_net"], "pretrained": METRICS["lpips_pretrained"]}
+    return {
+        "split": "test",
+        "fid": fid_settings(w.dataset) if full else None,
+        "lpips": lpips if full else None,
+        "batch_size": METRICS["fid_batch_size"],
+        "device": spec["experiment"]["training"]["device"],
+    }
+
+
+def tok_resources(group):
+    """Resources of a stage group, per job: the tokenizers' or the sweep's (config)."""
+
+    def pick(name):
+        return lambda wildcards: tok_experiment(wildcards)["resources"][group][name]
+
+    return {name: pick(name) for name in ("gpu", "cpus_per_task", "mem_mb", "runtime")}
+
+
+def tok_threads(group):
+    return lambda wildcards: tok_experiment(wildcards)["resources"][group][
+        "cpus_per_task"
+    ]
+
+
+def tok_state(w, stage):
+    """Training state of a tokenizer stage, outside its outputs (resumable reruns)."""
+    parts = [w.dataset, f"ae-{w.arch}"] if stage == "ae" else [w.dataset, w.variant]
+    parts += [w.schedule] if hasattr(w, "schedule") else []
+    return str(Path("results", "state", "tokenizers", *parts, stage))
+
+
+def get_tok_ae(w):
+    """Deferred arms start from THE autoencoder of their dataset and architecture."""
+    if w.schedule == "deferred":
+        arch = variant_spec(w.variant)["architecture"]
+        return {"ae": f"results/tokenizers/{w.dataset}/ae-{arch}/model.pt"}
+    return {}
+
+
+def get_val_fid(w):
+    if checkpoint_policy(w) != "best_val_fid":
+        return {}
+    return {"val_ref": fid_ref_path(w.dataset, "val"), **get_fid_classifier(w)}
+
+
+def get_eval_fid(w):
+    if variant_spec(w.variant)["sweep"]:
+        return {}
+    return {"ref": fid_ref_path(w.dataset, "test"), **get_fid_classifier(w)}
+
+
+# ---- tables and Fig. 4
+def tok_table_rows(table):
+    """One row per (variant, schedule) of a table, in the paper's order."""
+    spec = TOK["tables"][table]
+    dataset = used_dataset(spec["dataset"])
+    if spec["group_by"] == "schedule":  # Table 2: w/o Deferred rows first
+        pairs = [(v, s) for s in ("baseline", "deferred") for v in spec["variants"]]
+    else:  # per model: w/ Deferred, then w/o
+        pairs = [(v, s) for v in spec["variants"] for s in ("deferred", "baseline")]
+    return [
+        {
+            "variant": v,
+            "schedule": s,
+            "run": f"results/tokenizers/{dataset}/{v}/{s}",
+            "gan": TOK["variants"][v]["gan"],
+            "checkpoint": DATASETS[dataset]["checkpoint"],
+            **{f"paper_{k}": x for k, x in TOK["variants"][v]["paper"].items()},
+        }
+        for v, s in pairs
+    ]
+
+
+def tok_table_settings(w):
+    spec = TOK["tables"][w.tok_table]
+    return {
+        "table": w.tok_table.removeprefix("table"),
+        "paper_dataset": spec["dataset"],
+        "dataset": used_dataset(spec["dataset"]),
+        "rows": tok_table_rows(w.tok_table),
+    }
+
+
+def get_tok_table_inputs(w):
+    runs = [row["run"] for row in tok_table_rows(w.tok_table)]
+    return {
+        "metrics": [f"{r}/eval/metrics.json" for r in runs],
+        "records": [f"{r}/vq/run.json" for r in runs],
+        "tokens": [f"{r}/tokens/meta.json" for r in runs],
+    }
+
+
+def sweep_runs():
+    dataset = used_dataset(SWEEP["dataset"])
+    return [
+        f"results/tokenizers/{dataset}/vqvae-k{k}/{s}"
+        for k in SWEEP["codebook_sizes"]
+        for s in ("baseline", "deferred")
+    ]
+
+
+def tokenizer_targets():
+    tables = [f"results/tables/{t}.csv" for t in TOK["tables"]]
+    return tables + ["results/tables/fig4.csv", "results/figures/fig4.png"]
+
+
 # ---------------------------------------------------------------- targets
 def all_targets():
     return [
@@ -157,4 +523,5 @@ def all_targets():
         "results/figures/fig3.png",
         "results/figures/fig6.png",
         "results/figures/embeddings_collapse.png",
+        *tokenizer_targets(),
     ]

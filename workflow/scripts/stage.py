@@ -26,6 +26,8 @@ kwargs = {**dict(sm.input.items()), **dict(sm.output.items())}
 kwargs.update({k: params[k] for k in ("settings", "preset", "state_dir") if k in params})
 if "state_dir" in kwargs:
     kwargs["checkpoint_interval_s"] = sm.config["training"]["checkpoint_interval_s"]
+if params.get("weights"):  # where pretrained metric weights live (moving it reruns nothing)
+    kwargs["weights_dir"] = sm.config["metrics"]["weights_dir"]
 kwargs["log"] = sm.log[0]
 kwargs["threads"] = sm.threads
 launch_from_snakemake(sm, resolve(params["stage"]), kwargs)

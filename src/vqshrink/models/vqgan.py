@@ -16,7 +16,8 @@ decoder has num_res_blocks + 1 blocks per level. quant_conv / post_quant_conv ar
 ``VQModel``; VAR uses 3x3). GroupNorm(32) needs every width to be a multiple of 32.
 
 Quantizers (``quantizer``): "vq" = learned codebook with codebook + 0.25 commitment loss (the
-paper's VQ-VAE, Sec. 6), "simvq" = SimVQ, "multiscale" = VAR's residual multi-scale quantizer.
+paper's VQ-VAE, Sec. 6), "simvq" = SimVQ, "multiscale" = VAR's residual multi-scale quantizer,
+"multiscale_simvq" = VAR's quantizer over a SimVQ codebook W(C) (Table 2, "+ SimVQ").
 ``forward(x, quantize=False)`` is the continuous autoencoder of the deferred schedule's first
 phase: the same modules minus the quantizer, so its weights load unchanged into the VQ model.
 """
@@ -30,11 +31,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vqshrink.quantizers.multiscale import VAR_PATCH_NUMS, MultiScaleQuantizer
+from vqshrink.quantizers.multiscale import VAR_PATCH_NUMS, MultiScaleQuantizer, MultiScaleSimVQ
 from vqshrink.quantizers.simvq import SimVQ
 from vqshrink.quantizers.vq import VectorQuantizer, VQOutput
 
-QUANTIZERS = ("vq", "simvq", "multiscale")
+QUANTIZERS = ("vq", "simvq", "multiscale", "multiscale_simvq")
 
 
 @dataclass
@@ -50,7 +51,7 @@ class VQGANConfig:
     z_channels: int = 256  # taming imagenet_vqgan.yaml
     embed_dim: int = 256  # token dimension: taming embed_dim 256 (MaskGIT token_size 256 too)
     codebook_size: int = 16_384  # paper Sec. 6.1
-    quantizer: str = "vq"  # "vq" | "simvq" | "multiscale"
+    quantizer: str = "vq"  # "vq" | "simvq" | "multiscale" | "multiscale_simvq"
     beta: float = 0.25  # commitment weight (taming, SimVQ, VAR: 0.25)
     patch_nums: tuple[int, ...] = VAR_PATCH_NUMS  # multiscale only: VAR scales, last = 16
     quant_resi: float = 0.5  # multiscale only: VAR phi ratio
@@ -84,7 +85,8 @@ def build_quantizer(cfg: VQGANConfig) -> nn.Module:
         raise ValueError(
             f"last scale {cfg.patch_nums[-1]} must equal the latent size {cfg.latent_resolution}"
         )
-    return MultiScaleQuantizer(
+    cls = MultiScaleSimVQ if cfg.quantizer == "multiscale_simvq" else MultiScaleQuantizer
+    return cls(
         k,
         d,
         patch_nums=cfg.patch_nums,

@@ -22,6 +22,12 @@ Nearest search and the loss run in float32 with autocast off, as VAR does.
 
 Input is channels-FIRST (B, C, H, W), VAR's convention, unlike the per-vector quantizers.
 ``indices`` in the output is a list of (B, p_k, p_k) maps; the perplexity pools all scales.
+
+:class:`MultiScaleSimVQ` is the same quantizer with SimVQ's codebook parameterisation (paper
+Table 2, "VAR Tokenizer + SimVQ"): the shared codebook is W(C) = C W^T + b with C frozen and
+only the linear layer W, b trained (youngsheen/SimVQ ``quantize.py``, notes Sec. 2.1). Every
+step that reads the codebook (nearest search, lookup, decode) reads W(C). A k-means init sets
+C := centroids, W := I, b := 0, so that W(C) equals the centroids, as :class:`SimVQ` does.
 """
 
 from __future__ import annotations
@@ -66,7 +72,7 @@ class MultiScaleQuantizer(nn.Module):
         self.patch_nums = tuple(int(p) for p in patch_nums)
         self.beta = beta
         self.memory_budget_mb = memory_budget_mb
-        self.codebook = nn.Parameter(torch.randn(codebook_size, dim))  # nn.Embedding default
+        self._make_codebook(codebook_size, dim)
         n_phi = share_quant_resi or len(self.patch_nums)
         if abs(quant_resi) > 1e-6:
             self.phis = nn.ModuleList(Phi(dim, quant_resi) for _ in range(n_phi))
@@ -75,6 +81,9 @@ class MultiScaleQuantizer(nn.Module):
         k = n_phi
         m = 3 if k == 4 else 2  # VAR's tick margins
         self.ticks = np.linspace(1 / m / k, 1 - 1 / m / k, k)
+
+    def _make_codebook(self, codebook_size: int, dim: int) -> None:
+        self.codebook = nn.Parameter(torch.randn(codebook_size, dim))  # nn.Embedding default
 
     @property
     def num_tokens(self) -> int:
@@ -169,3 +178,29 @@ class MultiScaleQuantizer(nn.Module):
                 h = self._contribution(idx, si, size)
                 f_hat = torch.zeros_like(h) + h if f_hat is None else f_hat + h
         return f_hat
+
+
+class MultiScaleSimVQ(MultiScaleQuantizer):
+    """VAR's multi-scale quantizer over a SimVQ codebook W(C) (see the module docstring)."""
+
+    def _make_codebook(self, codebook_size: int, dim: int) -> None:
+        # C: frozen, std dim^-0.5 (SimVQ quantize.py); W: square linear with bias, torch init
+        self.register_buffer("frozen_codebook", torch.randn(codebook_size, dim) * dim**-0.5)
+        self.proj = nn.Linear(dim, dim, bias=True)
+
+    @property
+    def codebook(self) -> Tensor:
+        """The effective codebook W(C) (K, D); differentiable w.r.t. W and b."""
+        return self.proj(self.frozen_codebook)
+
+    @torch.no_grad()
+    def init_codebook(self, centroids: Tensor, counts: Tensor | None = None) -> None:
+        """C := centroids, W := I, b := 0 (so W(C) == centroids); ``counts`` unused."""
+        if centroids.shape != self.frozen_codebook.shape:
+            raise ValueError(
+                f"codebook init has shape {tuple(centroids.shape)}, "
+                f"expected {tuple(self.frozen_codebook.shape)}"
+            )
+        self.frozen_codebook.copy_(centroids)
+        self.proj.weight.copy_(torch.eye(self.dim))
+        self.proj.bias.zero_()
