@@ -38,7 +38,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vqshrink.quantizers.search import nearest_code
-from vqshrink.quantizers.vq import VQOutput
+from vqshrink.quantizers.simvq import ProjectedCodebook
+from vqshrink.quantizers.vq import VQOutput, check_init_shape
 
 VAR_PATCH_NUMS = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)  # VAR arg_util '256' schedule
 
@@ -97,11 +98,7 @@ class MultiScaleQuantizer(nn.Module):
     @torch.no_grad()
     def init_codebook(self, centroids: Tensor, counts: Tensor | None = None) -> None:
         """Set the shared codebook (e.g. k-means centroids); ``counts`` unused (no EMA)."""
-        if centroids.shape != self.codebook.shape:
-            raise ValueError(
-                f"codebook init has shape {tuple(centroids.shape)}, "
-                f"expected {tuple(self.codebook.shape)}"
-            )
+        check_init_shape(centroids, self.codebook.shape)
         self.codebook.copy_(centroids)
 
     def lookup(self, indices: Tensor) -> Tensor:
@@ -180,27 +177,5 @@ class MultiScaleQuantizer(nn.Module):
         return f_hat
 
 
-class MultiScaleSimVQ(MultiScaleQuantizer):
+class MultiScaleSimVQ(ProjectedCodebook, MultiScaleQuantizer):
     """VAR's multi-scale quantizer over a SimVQ codebook W(C) (see the module docstring)."""
-
-    def _make_codebook(self, codebook_size: int, dim: int) -> None:
-        # C: frozen, std dim^-0.5 (SimVQ quantize.py); W: square linear with bias, torch init
-        self.register_buffer("frozen_codebook", torch.randn(codebook_size, dim) * dim**-0.5)
-        self.proj = nn.Linear(dim, dim, bias=True)
-
-    @property
-    def codebook(self) -> Tensor:
-        """The effective codebook W(C) (K, D); differentiable w.r.t. W and b."""
-        return self.proj(self.frozen_codebook)
-
-    @torch.no_grad()
-    def init_codebook(self, centroids: Tensor, counts: Tensor | None = None) -> None:
-        """C := centroids, W := I, b := 0 (so W(C) == centroids); ``counts`` unused."""
-        if centroids.shape != self.frozen_codebook.shape:
-            raise ValueError(
-                f"codebook init has shape {tuple(centroids.shape)}, "
-                f"expected {tuple(self.frozen_codebook.shape)}"
-            )
-        self.frozen_codebook.copy_(centroids)
-        self.proj.weight.copy_(torch.eye(self.dim))
-        self.proj.bias.zero_()

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from vqshrink.quantizers.search import nearest_code
-from vqshrink.quantizers.vq import VQOutput
+from vqshrink.quantizers.vq import VQOutput, check_init_shape
 
 
 def perplexity(indices: Tensor, codebook_size: int) -> Tensor:
@@ -36,7 +36,33 @@ def perplexity(indices: Tensor, codebook_size: int) -> Tensor:
     return torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum())
 
 
-class SimVQ(nn.Module):
+class ProjectedCodebook:
+    """SimVQ's codebook parameterisation, shared by :class:`SimVQ` and the multi-scale
+    quantizer: a frozen C and a trainable square linear layer, codebook W(C)."""
+
+    dim: int
+
+    def _make_codebook(self, codebook_size: int, dim: int) -> None:
+        # C: frozen, std dim^-0.5 (SimVQ quantize.py; author in lucidrains issue #170)
+        self.register_buffer("frozen_codebook", torch.randn(codebook_size, dim) * dim**-0.5)
+        self.proj = nn.Linear(dim, dim, bias=True)  # W, default PyTorch init as in the repo
+
+    @property
+    def codebook(self) -> Tensor:
+        """The effective codebook W(C) (K, D); differentiable w.r.t. W and b."""
+        return self.proj(self.frozen_codebook)
+
+    @torch.no_grad()
+    def init_codebook(self, centroids: Tensor, counts: Tensor | None = None) -> None:
+        """C := centroids, W := I, b := 0, so that W(C) == centroids. ``counts`` is unused
+        (no EMA statistics), accepted for the VectorQuantizer interface."""
+        check_init_shape(centroids, self.frozen_codebook.shape)
+        self.frozen_codebook.copy_(centroids)
+        self.proj.weight.copy_(torch.eye(self.dim))
+        self.proj.bias.zero_()
+
+
+class SimVQ(ProjectedCodebook, nn.Module):
     def __init__(
         self,
         codebook_size: int,
@@ -50,27 +76,7 @@ class SimVQ(nn.Module):
         self.dim = dim
         self.beta = beta
         self.memory_budget_mb = memory_budget_mb
-        # C: frozen, std dim^-0.5 (SimVQ quantize.py; author in lucidrains issue #170)
-        self.register_buffer("frozen_codebook", torch.randn(codebook_size, dim) * dim**-0.5)
-        self.proj = nn.Linear(dim, dim, bias=True)  # W, default PyTorch init as in the repo
-
-    @property
-    def codebook(self) -> Tensor:
-        """The effective codebook W(C) (K, D); differentiable w.r.t. W."""
-        return self.proj(self.frozen_codebook)
-
-    @torch.no_grad()
-    def init_codebook(self, centroids: Tensor, counts: Tensor | None = None) -> None:
-        """C := centroids, W := I, b := 0, so that W(C) == centroids. ``counts`` is unused
-        (no EMA statistics), accepted for the VectorQuantizer interface."""
-        if centroids.shape != self.frozen_codebook.shape:
-            raise ValueError(
-                f"codebook init has shape {tuple(centroids.shape)}, "
-                f"expected {tuple(self.frozen_codebook.shape)}"
-            )
-        self.frozen_codebook.copy_(centroids)
-        self.proj.weight.copy_(torch.eye(self.dim))
-        self.proj.bias.zero_()
+        self._make_codebook(codebook_size, dim)
 
     def lookup(self, indices: Tensor) -> Tensor:
         """Tokens W(C)[indices] (decoding generated token maps; through the projection)."""

@@ -32,6 +32,14 @@ class VQOutput(NamedTuple):
     perplexity: Tensor  # exp(entropy) of this batch's token usage, scalar
 
 
+def check_init_shape(centroids: Tensor, expected: torch.Size) -> None:
+    """A codebook init must have the codebook's shape (K, D)."""
+    if centroids.shape != expected:
+        raise ValueError(
+            f"codebook init has shape {tuple(centroids.shape)}, expected {tuple(expected)}"
+        )
+
+
 class VectorQuantizer(nn.Module):
     def __init__(
         self,
@@ -61,11 +69,7 @@ class VectorQuantizer(nn.Module):
     @torch.no_grad()
     def init_codebook(self, centroids: Tensor, counts: Tensor | None = None) -> None:
         """Set the tokens (e.g. k-means centroids); ``counts`` seed the EMA statistics."""
-        if centroids.shape != self.codebook.shape:
-            raise ValueError(
-                f"codebook init has shape {tuple(centroids.shape)}, "
-                f"expected {tuple(self.codebook.shape)}"
-            )
+        check_init_shape(centroids, self.codebook.shape)
         self.codebook.copy_(centroids)
         if self.ema_decay is not None:
             c = torch.zeros(self.codebook_size) if counts is None else counts.float()
