@@ -1,7 +1,6 @@
 """Synthetic experiment stages on small data: data, training, resume, DDP, evaluation."""
 
 import json
-import os
 
 import numpy as np
 import pytest

@@ -4,19 +4,13 @@ missing-root / missing-weights errors, and the tables' paper columns."""
 
 from __future__ import annotations
 
-import copy
 import json
-import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
 
 from vqshrink.data.digits import digits_images
 from vqshrink.data.prepared import PreparedImages, SplitRows, write_prepared
@@ -24,8 +18,8 @@ from vqshrink.io import load_json, load_torch
 from vqshrink.stages import tokenizer as tok
 from vqshrink.stages import tokenizer_report as rep
 
-ROOT = Path(__file__).resolve().parents[1]
-COPY = ["Snakefile", "config.yaml", "workflow", "src", "envs", "slurm"]
+from repo_helpers import ROOT, copy_repo, fake_sources, planned_jobs, snakemake
+
 
 FID = {"feature_net": "classifier", "batch_size": 64, "dataset": "digits"}
 ARCH = {"family": "vqgan", "resolution": 16, "ch": 32, "ch_mult": [1, 1], "num_res_blocks": 1,
@@ -400,69 +394,27 @@ def test_fig4_table_and_figure(tmp_path):
 
 
 # ------------------------------------------------------------------------------ the DAG
-def snakemake(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=repo,
-                          capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-def jobs(output: str) -> dict[str, int]:
-    counts = {}
-    for line in output.splitlines():
-        m = re.fullmatch(r"\s*(\w+)\s+(\d+)\s*", line)
-        if m and m.group(1) not in ("total", "count"):
-            counts[m.group(1)] = int(m.group(2))
-    return counts
-
-
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
-    dest = tmp_path_factory.mktemp("repo")
-    for name in COPY:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, dest / name)
-    return dest
-
-
-def fake_sources(where: Path, weights: bool = True) -> Path:
-    """Config overlay with fake dataset roots (and fake weight files) for paper dry runs."""
-    for sub in ("imagenet", "odir", "cifar", "weights/hub/checkpoints"):
-        (where / sub).mkdir(parents=True, exist_ok=True)
-    (where / "odir.csv").write_text("filename,labels\n")
-    if weights:
-        for name in ("inception-2015-12-05.pt", "vgg16-397923af.pth"):
-            (where / "weights/hub/checkpoints" / name).write_text("fake")
-    overlay = {"datasets": {"imagenet100": {"root": str(where / "imagenet")},
-                            "odir": {"image_dir": str(where / "odir"),
-                                     "annotation": str(where / "odir.csv")},
-                            "cifar10": {"root": str(where / "cifar")}},
-               "metrics": {"weights_dir": str(where / "weights")}}
-    path = where / "fake.yaml"
-    path.write_text(yaml.safe_dump(overlay))
-    return path
+    return copy_repo(tmp_path_factory.mktemp("repo"))
 
 
 @pytest.mark.workflow
 def test_one_autoencoder_serves_every_deferred_variant(repo, tmp_path):
     demo = ["--config", "preset=demo"]
-    t2 = jobs(snakemake(repo, "-n", "results/tables/table2.csv", *demo).stdout)
+    t2 = planned_jobs(snakemake("-n", "results/tables/table2.csv", *demo, cwd=repo).stdout)
     assert t2["tokenizer_pretrain_ae"] == 1  # var and var_simvq: one VAR autoencoder
     assert t2["tokenizer_train_vq"] == 4 and t2["prepare_dataset"] == 1
-    both = jobs(snakemake(repo, "-n", "results/tables/table2.csv", "results/tables/table3.csv",
-                          "results/tables/table9.csv", "results/tables/fig4.csv", *demo).stdout)
+    both = planned_jobs(snakemake("-n", "results/tables/table2.csv", "results/tables/table3.csv",
+                          "results/tables/table9.csv", "results/tables/fig4.csv", *demo, cwd=repo).stdout)
     # maskgit (+GAN) share one, var / var_simvq / var_gan another, the sweep's sizes a third
     assert both["tokenizer_pretrain_ae"] == 3 and both["tokenizer_train_vq"] == 5 * 2 + 4 * 2
     assert both["fid_reference"] == 2 and both["fid_classifier"] == 1
     fake = fake_sources(tmp_path)
-    paper = jobs(snakemake(repo, "-n", "results/tables/table2.csv", "results/tables/table3.csv",
+    paper = planned_jobs(snakemake("-n", "results/tables/table2.csv", "results/tables/table3.csv",
                            "results/tables/table5.csv", "results/tables/table9.csv",
                            "results/tables/table10.csv", "--configfile", "config.yaml",
-                           str(fake)).stdout)
+                           str(fake), cwd=repo).stdout)
     # ImageNet-100: maskgit + var architectures; ODIR: var
     assert paper["tokenizer_pretrain_ae"] == 3 and paper["tokenizer_train_vq"] == 14
     assert paper["prepare_dataset"] == 2 and "fid_classifier" not in paper
@@ -472,7 +424,7 @@ def test_one_autoencoder_serves_every_deferred_variant(repo, tmp_path):
 
 @pytest.mark.workflow
 def test_missing_dataset_root_stops_before_any_job_naming_the_key(repo):
-    proc = snakemake(repo, "-n", "results/tables/table5.csv", check=False)
+    proc = snakemake("-n", "results/tables/table5.csv", check=False, cwd=repo)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "config key datasets.odir.image_dir is null" in out
@@ -482,14 +434,14 @@ def test_missing_dataset_root_stops_before_any_job_naming_the_key(repo):
 @pytest.mark.workflow
 def test_missing_weights_stop_before_training_naming_file_url_and_path(repo, tmp_path):
     fake = fake_sources(tmp_path, weights=False)
-    proc = snakemake(repo, "-n", "results/tables/table3.csv", "--configfile", "config.yaml",
-                     str(fake), check=False)
+    proc = snakemake("-n", "results/tables/table3.csv", "--configfile", "config.yaml",
+                     str(fake), check=False, cwd=repo)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     target = tmp_path / "weights" / "hub" / "checkpoints"
     assert "inception-2015-12-05.pt" in out or "vgg16-397923af.pth" in out
     assert "https://" in out and str(target) in out and "fetch_weights" in out
     # the sweep needs no pretrained metric network: it plans without them
-    proc = snakemake(repo, "-n", "results/figures/fig4.png", "--configfile", "config.yaml",
-                     str(fake))
-    assert jobs(proc.stdout)["tokenizer_train_vq"] == 2 * 13
+    proc = snakemake("-n", "results/figures/fig4.png", "--configfile", "config.yaml",
+                     str(fake), cwd=repo)
+    assert planned_jobs(proc.stdout)["tokenizer_train_vq"] == 2 * 13

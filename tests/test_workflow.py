@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from repo_helpers import ROOT, copy_repo, fake_sources, planned_jobs, snakemake
 COPY = ["Snakefile", "config.yaml", "workflow", "src", "envs", "slurm"]
 TARGETS = [
     "results/tables/synthetic.csv",
@@ -32,50 +31,6 @@ TARGETS = [
     "results/figures/fig4.png",
 ]
 
-
-def fake_sources(where: Path) -> Path:
-    """Config overlay: fake dataset roots and weight files, so that the paper preset can plan
-    the image experiments here (a null root or a missing weight file stops the DAG)."""
-    for sub in ("imagenet", "odir", "cifar", "weights/hub/checkpoints"):
-        (where / sub).mkdir(parents=True, exist_ok=True)
-    (where / "odir.csv").write_text("filename,labels\n")
-    for name in ("inception-2015-12-05.pt", "vgg16-397923af.pth"):
-        (where / "weights/hub/checkpoints" / name).write_text("fake")
-    overlay = {"datasets": {"imagenet100": {"root": str(where / "imagenet")},
-                            "odir": {"image_dir": str(where / "odir"),
-                                     "annotation": str(where / "odir.csv")},
-                            "cifar10": {"root": str(where / "cifar")}},
-               "metrics": {"weights_dir": str(where / "weights")}}
-    (where / "fake.yaml").write_text(yaml.safe_dump(overlay))
-    return where / "fake.yaml"
-
-
-def snakemake(*args: str, cwd: Path = ROOT, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=cwd,
-                          capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-def copy_repo(dest: Path) -> Path:
-    for name in COPY:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, dest / name)
-    return dest
-
-
-def planned_jobs(output: str) -> dict[str, int]:
-    """Rule -> count from the job-stats table of a dry run."""
-    counts = {}
-    for line in output.splitlines():
-        m = re.fullmatch(r"\s*(\w+)\s+(\d+)\s*", line)
-        if m and m.group(1) not in ("total", "count"):
-            counts[m.group(1)] = int(m.group(2))
-    return counts
 
 
 def test_lint_is_clean():

@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
-import torch
 from torch import Tensor, nn
 
 from vqshrink.quantizers.vq import VectorQuantizer
