@@ -28,11 +28,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-import torch
 from torch import Tensor, nn
 
-from vqshrink.models.vqgan import TokenizerOutput
-from vqshrink.quantizers.vq import VectorQuantizer, VQOutput
+from vqshrink.models.vqgan import QuantizedAutoencoder
+from vqshrink.quantizers.vq import VectorQuantizer
 
 
 @dataclass
@@ -74,7 +73,7 @@ def residual_stack(hidden: int, res_hidden: int, n: int) -> nn.Sequential:
     return nn.Sequential(*[Residual(hidden, res_hidden) for _ in range(n)], nn.ReLU())
 
 
-class CifarVQVAE(nn.Module):
+class CifarVQVAE(QuantizedAutoencoder):
     def __init__(self, cfg: CifarVQVAEConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -100,43 +99,9 @@ class CifarVQVAE(nn.Module):
             nn.ConvTranspose2d(h // 2, cfg.in_channels, 4, stride=2, padding=1),
         )
 
-    multiscale = False
-
     @property
     def last_layer(self) -> Tensor:
         return self.decoder[-1].weight
 
-    def encode(self, x: Tensor) -> Tensor:
-        """Continuous embeddings (B, D, h, w)."""
-        return self.quant_conv(self.encoder(x))
-
     def decode(self, z_q: Tensor) -> Tensor:
         return self.decoder(z_q)
-
-    def quantize(self, z: Tensor) -> VQOutput:
-        with torch.autocast(device_type=z.device.type, enabled=False):
-            q = self.quantizer(z.float().permute(0, 2, 3, 1))
-            return q._replace(z_q=q.z_q.permute(0, 3, 1, 2))
-
-    def forward(self, x: Tensor, quantize: bool = True) -> TokenizerOutput:
-        z = self.encode(x)
-        if not quantize:
-            zero = z.new_zeros((), dtype=torch.float32)
-            return TokenizerOutput(self.decode(z), z, None, zero, zero)
-        q = self.quantize(z)
-        return TokenizerOutput(self.decode(q.z_q), z, q.indices, q.loss, q.perplexity)
-
-    @torch.no_grad()
-    def embeddings(self, x: Tensor) -> Tensor:
-        """Pre-quantization vectors (B*h*w, D) for the k-means codebook init."""
-        z = self.encode(x).float()
-        return z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
-
-    @torch.no_grad()
-    def encode_indices(self, x: Tensor) -> Tensor:
-        return self.quantize(self.encode(x)).indices
-
-    @torch.no_grad()
-    def decode_indices(self, indices: Tensor) -> Tensor:
-        z_q = self.quantizer.lookup(indices).float().permute(0, 3, 1, 2)
-        return self.decode(z_q)

@@ -244,31 +244,20 @@ class TokenizerOutput(NamedTuple):
     perplexity: Tensor  # exp(entropy) of this batch's token usage (0 without quantization)
 
 
-class Tokenizer(nn.Module):
-    def __init__(self, cfg: VQGANConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.encoder = Encoder(cfg)
-        self.quant_conv = nn.Conv2d(cfg.z_channels, cfg.embed_dim, 1)
-        self.quantizer = build_quantizer(cfg)
-        self.post_quant_conv = nn.Conv2d(cfg.embed_dim, cfg.z_channels, 1)
-        self.decoder = Decoder(cfg)
-
-    @property
-    def multiscale(self) -> bool:
-        return isinstance(self.quantizer, MultiScaleQuantizer)
-
-    @property
-    def last_layer(self) -> Tensor:
-        """The decoder's last weight, for the GAN adaptive weight (taming ``get_last_layer``)."""
-        return self.decoder.conv_out.weight
+class QuantizedAutoencoder(nn.Module):
+    """What every image tokenizer shares: quantization in float32 (channels-first in and
+    out), the continuous path of the deferred schedule (``quantize=False``), embeddings for
+    the k-means init, and index maps both ways. Subclasses provide ``encoder``,
+    ``quant_conv``, ``quantizer``, ``decoder``, ``decode`` and ``last_layer``.
+    """
 
     def encode(self, x: Tensor) -> Tensor:
         """Continuous embeddings (B, D, h, w)."""
         return self.quant_conv(self.encoder(x))
 
-    def decode(self, z_q: Tensor) -> Tensor:
-        return self.decoder(self.post_quant_conv(z_q))
+    @property
+    def multiscale(self) -> bool:
+        return isinstance(self.quantizer, MultiScaleQuantizer)
 
     def quantize(self, z: Tensor) -> VQOutput:
         """Quantize (B, D, h, w) embeddings in float32; z_q comes back channels-first."""
@@ -310,3 +299,22 @@ class Tokenizer(nn.Module):
             else:
                 z_q = self.quantizer.lookup(indices).float().permute(0, 3, 1, 2)
         return self.decode(z_q)
+
+
+class Tokenizer(QuantizedAutoencoder):
+    def __init__(self, cfg: VQGANConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg)
+        self.quant_conv = nn.Conv2d(cfg.z_channels, cfg.embed_dim, 1)
+        self.quantizer = build_quantizer(cfg)
+        self.post_quant_conv = nn.Conv2d(cfg.embed_dim, cfg.z_channels, 1)
+        self.decoder = Decoder(cfg)
+
+    @property
+    def last_layer(self) -> Tensor:
+        """The decoder's last weight, for the GAN adaptive weight (taming ``get_last_layer``)."""
+        return self.decoder.conv_out.weight
+
+    def decode(self, z_q: Tensor) -> Tensor:
+        return self.decoder(self.post_quant_conv(z_q))
