@@ -22,6 +22,7 @@ include: "workflow/rules/synthetic.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/tokenizer.smk"
+include: "workflow/rules/generator.smk"
 
 
 rule all:

@@ -107,6 +107,7 @@ def check_consistency(config: Mapping) -> None:
         problems.append("config key synthetic.kmeans_points: fewer embeddings than "
                         "synthetic.codebook_size tokens")
     problems += _tokenizer_problems(config)
+    problems += _generator_problems(config)
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
 
@@ -152,6 +153,39 @@ def _tokenizer_problems(config: Mapping) -> list[str]:
             problems.append(f"config key vqvae_sweep.dataset: {dataset} images "
                             f"({data[dataset]['resolution']} px) are not divisible by 4")
     return list(dict.fromkeys(problems))
+
+
+# ---------------------------------------------------------------- generators (issue 4)
+GENERATOR_QUANTIZERS = {  # which tokenizers a generator reads: VAR needs the multi-scale one
+    "maskgit": ("vq", "simvq"),
+    "var": ("multiscale", "multiscale_simvq"),
+    "llamagen": ("vq", "simvq"),
+}
+
+
+def _generator_problems(config: Mapping) -> list[str]:
+    """Every table / figure run pairs a generator with a tokenizer variant it can read."""
+    gen, tok = config.get("generators") or {}, config.get("tokenizers") or {}
+    if not gen or not tok:
+        return []
+    variants = tok.get("variants", {})
+    pairs = [(f"generators.tables.{t}.runs", g, v)
+             for t, spec in gen.get("tables", {}).items() for g, v in spec["runs"]]
+    fig5 = gen.get("fig5")
+    if fig5:
+        pairs.append(("generators.fig5", fig5["generator"], fig5["tokenizer"]))
+    problems = []
+    for key, g, v in pairs:
+        if g not in GENERATOR_QUANTIZERS:
+            problems.append(f"config key {key}: generator {g!r} is not one of "
+                            f"{', '.join(GENERATOR_QUANTIZERS)}")
+        elif v not in variants:
+            problems.append(f"config key {key}: tokenizer {v!r} is not one of "
+                            f"tokenizers.variants ({', '.join(sorted(variants))})")
+        elif variants[v]["quantizer"] not in GENERATOR_QUANTIZERS[g]:
+            problems.append(f"config key {key}: generator {g} reads {' or '.join(GENERATOR_QUANTIZERS[g])} "
+                            f"tokens, but tokenizer {v} has quantizer {variants[v]['quantizer']!r}")
+    return problems
 
 
 def load(path: str | Path, schema: str | Path, overrides: Mapping | None = None) -> dict:

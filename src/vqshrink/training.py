@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import random
 import sys
@@ -22,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from vqshrink.io import CheckpointError, load_torch, save_torch
 
@@ -112,6 +114,29 @@ class ResumableState:
             self.save(build)
             return True
         return False
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The shuffled row order of one epoch: a function of (seed, epoch) only, so a resumed
+    epoch sees the same batches."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def cosine_lr(step: int, total: int, lr: float, min_lr: float, warmup: int) -> float:
+    if warmup and step < warmup:
+        return lr * (step + 1) / warmup
+    t = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * t))
+
+
+def broadcast_from_main(values: list[float], device: torch.device) -> list[float]:
+    """Rank 0's numbers on every rank (identity for one process)."""
+    values = [float(v) for v in values]  # plain floats: states load with weights_only
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.broadcast(t, src=0)
+    return t.tolist()
 
 
 def epoch_batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:

@@ -513,6 +513,271 @@ def tokenizer_targets():
     return tables + ["results/tables/fig4.csv", "results/figures/fig4.png"]
 
 
+# ---------------------------------------------------------------- generators (issue 4)
+#   results/generators/{dataset}/{generator}/{variant}/{schedule}/  model/ samples/ eval/
+# {variant} is the tokenizer variant whose tokens the generator reads (same dataset, schedule).
+GEN = config["generators"]
+GENERATORS = tuple(GEN["models"])
+
+
+def gen_run(w):
+    return f"results/generators/{w.dataset}/{w.generator}/{w.variant}/{w.schedule}"
+
+
+def tok_run(w):
+    return f"results/tokenizers/{w.dataset}/{w.variant}/{w.schedule}"
+
+
+def gen_state(w):
+    return str(
+        Path(
+            "results",
+            "state",
+            "generators",
+            w.dataset,
+            w.generator,
+            w.variant,
+            w.schedule,
+        )
+    )
+
+
+def gen_device():
+    return GEN["training"]["device"]
+
+
+def gen_train_settings(w):
+    spec = GEN["models"][w.generator]
+    return {
+        "family": w.generator,
+        "model": spec["model"],
+        "optimizer": spec["optimizer"],
+        "training": GEN["training"],
+    }
+
+
+def gen_sample_settings(w):
+    return {
+        "sampling": GEN["models"][w.generator]["sampling"],
+        "per_class": GEN["samples"]["per_class"][w.dataset],
+        "seed": GEN["samples"]["seed"],
+        "batch_size": GEN["samples"]["batch_size"],
+        "grid": GEN["samples"]["grid"],
+        "device": gen_device(),
+    }
+
+
+def gen_eval_settings(w):
+    e = GEN["eval"]
+    return {
+        "fid": fid_settings(w.dataset),
+        "lpips": {
+            "net": METRICS["lpips_net"],
+            "pretrained": METRICS["lpips_pretrained"],
+        },
+        "lpips_images": e["lpips_images"][w.dataset],
+        "pixel_norm": e["pixel_norm"],
+        "pixel_scale": e["pixel_scale"],
+        "batch_size": e["batch_size"],
+        "seed": GEN["samples"]["seed"],
+        "device": gen_device(),
+    }
+
+
+def get_gen_eval_inputs(w):
+    require_weights(w, fid=FEATNET == "inception")
+    if METRICS["lpips_pretrained"]:
+        require_weights(w, lpips_net=METRICS["lpips_net"])
+    return {"ref": fid_ref_path(w.dataset, "test"), **get_fid_classifier(w)}
+
+
+def gen_resources(group):
+    return stage_resources("generators", group)
+
+
+def check_generator_keys():
+    """Unknown keys under generators.models.<g>.model / .sampling stop the run, named."""
+    import inspect
+
+    from vqshrink.stages.generator import config_keys, model_classes
+
+    for g, spec in GEN["models"].items():
+        fixed = {"vocab_size", "num_classes", "token_shape", "patch_nums", "token_dim"}
+        allowed = set(config_keys(g)) - fixed
+        for key in spec["model"]:
+            if key not in allowed:
+                raise WorkflowError(
+                    f"unknown config key generators.models.{g}.model.{key}; allowed keys: "
+                    f"{', '.join(sorted(allowed))}"
+                )
+        params = inspect.signature(model_classes(g)[1].sample).parameters
+        allowed = {
+            k
+            for k, p in params.items()
+            if p.kind is p.KEYWORD_ONLY and not k.startswith("_")
+        } - {"generator"}
+        for key in spec["sampling"]:
+            if key not in allowed:
+                raise WorkflowError(
+                    f"unknown config key generators.models.{g}.sampling.{key}; allowed keys: "
+                    f"{', '.join(sorted(allowed))}"
+                )
+
+
+check_generator_keys()
+
+
+# ---- tables, Fig. 5, training curves
+def gen_table_rows(table):
+    """Per [generator, tokenizer] pair of a table: w/ Deferred, then w/o (the paper's order)."""
+    spec = GEN["tables"][table]
+    dataset = used_dataset(spec["dataset"])
+    rows = []
+    for g, v in spec["runs"]:
+        for s in ("deferred", "baseline"):
+            rows.append(
+                {
+                    "generator": g,
+                    "variant": v,
+                    "schedule": s,
+                    "gan": TOK["variants"][v]["gan"],
+                    "paper_model": GEN["models"][g]["paper_model"],
+                    "paper_variant": TOK["variants"][v]["paper"]["variant"],
+                    "run": f"results/generators/{dataset}/{g}/{v}/{s}",
+                    "tokenizer": f"results/tokenizers/{dataset}/{v}/{s}",
+                }
+            )
+    return rows
+
+
+def gen_table_settings(w):
+    spec = GEN["tables"][w.gen_table]
+    return {
+        "table": w.gen_table.removeprefix("table"),
+        "paper_dataset": spec["dataset"],
+        "dataset": used_dataset(spec["dataset"]),
+        "rows": gen_table_rows(w.gen_table),
+    }
+
+
+def get_gen_table_inputs(w):
+    rows = gen_table_rows(w.gen_table)
+    inputs = {
+        "metrics": [f"{r['run']}/eval/metrics.json" for r in rows],
+        "records": [f"{r['run']}/model/run.json" for r in rows],
+    }
+    if GEN["tables"][w.gen_table].get("tokenizer_metrics"):
+        inputs["tokenizer_metrics"] = [
+            f"{r['tokenizer']}/eval/metrics.json" for r in rows
+        ]
+    return inputs
+
+
+def fig5_panels():
+    f = GEN["fig5"]
+    return [
+        {
+            "paper_dataset": d,
+            "dataset": used_dataset(d),
+            "schedule": s,
+            "run": f"results/generators/{used_dataset(d)}/{f['generator']}/{f['tokenizer']}/{s}",
+        }
+        for d in f["datasets"]
+        for s in ("baseline", "deferred")
+    ]
+
+
+def used_image_datasets():
+    """Datasets actually used by the tables (the demo: digits only), in a stable order."""
+    papers = [t["dataset"] for t in TOK["tables"].values()]
+    papers += [t["dataset"] for t in GEN["tables"].values()]
+    return list(dict.fromkeys(used_dataset(d) for d in papers))
+
+
+def tables_on(section, dataset):
+    """The table specs of a config section whose runs use ``dataset``."""
+    return [
+        t for t in section["tables"].values() if used_dataset(t["dataset"]) == dataset
+    ]
+
+
+def curve_runs(group, dataset):
+    """(name, schedule, curve.csv) of every trained model of a group on a dataset."""
+    runs = []
+    if group == "tokenizers":
+        variants = sorted(
+            {v for t in tables_on(TOK, dataset) for v in t["variants"]}
+            | {v for t in tables_on(GEN, dataset) for _, v in t["runs"]}
+        )
+        archs = sorted({TOK["variants"][v]["architecture"] for v in variants})
+        for a in archs:
+            runs.append(
+                (
+                    f"ae-{a}",
+                    "pretrain",
+                    f"results/tokenizers/{dataset}/ae-{a}/curve.csv",
+                )
+            )
+        for v in variants:
+            for s in ("baseline", "deferred"):
+                runs.append(
+                    (v, s, f"results/tokenizers/{dataset}/{v}/{s}/vq/curve.csv")
+                )
+    elif group == "sweep":
+        runs.append(
+            (
+                f"ae-{SWEEP_ARCH}",
+                "pretrain",
+                f"results/tokenizers/{dataset}/ae-{SWEEP_ARCH}/curve.csv",
+            )
+        )
+        for k in SWEEP["codebook_sizes"]:
+            for s in ("baseline", "deferred"):
+                runs.append(
+                    (
+                        f"K={k}",
+                        s,
+                        f"results/tokenizers/{dataset}/vqvae-k{k}/{s}/vq/curve.csv",
+                    )
+                )
+    else:
+        pairs = sorted({tuple(p) for t in tables_on(GEN, dataset) for p in t["runs"]})
+        for g, v in pairs:
+            for s in ("baseline", "deferred"):
+                runs.append(
+                    (
+                        f"{g} / {v}",
+                        s,
+                        f"results/generators/{dataset}/{g}/{v}/{s}/model/curve.csv",
+                    )
+                )
+    return runs
+
+
+CURVE_METRICS = {
+    "tokenizers": {"loss": "train loss", "val_rec": "val reconstruction loss"},
+    "sweep": {"loss": "train loss", "val_rec": "val reconstruction loss"},
+    "generators": {"loss": "train loss", "val_loss": "val loss"},
+}
+
+
+def curve_datasets(group):
+    if group == "sweep":
+        return [used_dataset(SWEEP["dataset"])]
+    return used_image_datasets()
+
+
+def generator_targets():
+    tables = [f"results/tables/{t}.csv" for t in GEN["tables"]]
+    curves = [
+        f"results/figures/curves/{g}-{d}.png"
+        for g in CURVE_METRICS
+        for d in curve_datasets(g)
+        if curve_runs(g, d)
+    ]
+    return tables + ["results/figures/fig5.png"] + curves
+
+
 # ---------------------------------------------------------------- targets
 def all_targets():
     return [
@@ -524,4 +789,5 @@ def all_targets():
         "results/figures/fig6.png",
         "results/figures/embeddings_collapse.png",
         *tokenizer_targets(),
+        *generator_targets(),
     ]

@@ -12,8 +12,16 @@ rule synthetic_table:
     input:
         metrics=[f"{run}/eval/metrics.json" for run in main_runs()],
     output:
-        table="results/tables/synthetic.csv",
-        claims="results/tables/synthetic_claims.csv",
+        table=report(
+            "results/tables/synthetic.csv",
+            caption="../report/synthetic_table.rst",
+            category="Synthetic",
+        ),
+        claims=report(
+            "results/tables/synthetic_claims.csv",
+            caption="../report/synthetic_table.rst",
+            category="Synthetic",
+        ),
     log:
         log_path("synthetic_table", "synthetic"),
     conda:
@@ -31,7 +39,11 @@ rule embeddings_collapse:
         metrics=[f"{run}/eval/metrics.json" for run in collapse_runs()],
         samples=[f"{run}/eval/samples.npz" for run in collapse_runs()],
     output:
-        table="results/tables/embeddings_collapse.csv",
+        table=report(
+            "results/tables/embeddings_collapse.csv",
+            caption="../report/embeddings_collapse.rst",
+            category="Synthetic",
+        ),
         figure=report(
             "results/figures/embeddings_collapse.png",
             caption="../report/embeddings_collapse.rst",

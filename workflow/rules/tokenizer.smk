@@ -233,7 +233,12 @@ rule tokenizer_table:
         unpack(get_tok_table_inputs),
         paper="workflow/resources/paper_tables.csv",
     output:
-        table="results/tables/{tok_table}.csv",
+        table=report(
+            "results/tables/{tok_table}.csv",
+            caption="../report/tokenizer_table.rst",
+            category="Tokenizers",
+            labels={"table": "{tok_table}"},
+        ),
     log:
         log_path("tokenizer_table", "{tok_table}"),
     conda:
@@ -253,7 +258,11 @@ rule fig4:
         metrics=[f"{run}/eval/metrics.json" for run in sweep_runs()],
         records=[f"{run}/vq/run.json" for run in sweep_runs()],
     output:
-        table="results/tables/fig4.csv",
+        table=report(
+            "results/tables/fig4.csv",
+            caption="../report/fig4.rst",
+            category="Tokenizers",
+        ),
         figure=report(
             "results/figures/fig4.png",
             caption="../report/fig4.rst",

@@ -176,6 +176,59 @@ class MultiScaleQuantizer(nn.Module):
                 f_hat = torch.zeros_like(h) + h if f_hat is None else f_hat + h
         return f_hat
 
+    # -- VAR transformer support (FoundationVision/VAR ``VectorQuantizer2``) ---------------
+    def split_scales(self, tokens: Tensor) -> list[Tensor]:
+        """Token maps [(B, p_k, p_k)] from a flat (B, L) sequence: scales small to large, each
+        p x p row-major, concatenated (the token files' layout)."""
+        if tokens.ndim != 2 or tokens.shape[1] != self.num_tokens:
+            raise ValueError(f"expected (B, {self.num_tokens}) tokens, got {tuple(tokens.shape)}")
+        out, at = [], 0
+        for pn in self.patch_nums:
+            out.append(tokens[:, at : at + pn * pn].reshape(-1, pn, pn))
+            at += pn * pn
+        return out
+
+    def flatten_scales(self, indices: list[Tensor]) -> Tensor:
+        """The inverse of :meth:`split_scales`: [(B, p_k, p_k)] -> (B, L)."""
+        if len(indices) != len(self.patch_nums):
+            raise ValueError(f"expected {len(self.patch_nums)} token maps, got {len(indices)}")
+        for idx, pn in zip(indices, self.patch_nums):
+            if tuple(idx.shape[-2:]) != (pn, pn):
+                raise ValueError(f"token map of shape {tuple(idx.shape)} for scale {pn}")
+        return torch.cat([idx.reshape(idx.shape[0], -1) for idx in indices], dim=1)
+
+    def next_input(
+        self, si: int, f_hat: Tensor | None, idx: Tensor
+    ) -> tuple[Tensor, Tensor | None]:
+        """One step of VAR's ``get_next_autoregressive_input``: add scale ``si``'s contribution
+        phi_si(upsample(codebook[idx])) to the running f_hat (B, C, H, W) (``None`` = zeros) and
+        return (f_hat, next_in) with next_in = area-downsample(f_hat) to p_{si+1}, flattened
+        row-major to (B, p_{si+1}^2, C); ``None`` after the last scale. Float32, autocast off."""
+        size = (self.patch_nums[-1], self.patch_nums[-1])
+        with torch.autocast(device_type=idx.device.type, enabled=False):
+            h = self._contribution(idx, si, size)
+            f_hat = h if f_hat is None else f_hat.float() + h
+            if si + 1 >= len(self.patch_nums):
+                return f_hat, None
+            pn = self.patch_nums[si + 1]
+            nxt = f_hat if (pn, pn) == size else F.interpolate(f_hat, size=(pn, pn), mode="area")
+            return f_hat, nxt.flatten(2).transpose(1, 2)
+
+    @torch.no_grad()
+    def teacher_inputs(self, indices: list[Tensor]) -> Tensor:
+        """VAR's teacher-forcing input (``idxBl_to_var_input``): for k = 0..S-2 the running f_hat
+        after scale k, area-downsampled to p_{k+1}, flattened and concatenated ->
+        (B, L - p_0^2, C). Built with :meth:`next_input`, so it equals the inference path."""
+        if len(indices) != len(self.patch_nums):
+            raise ValueError(f"expected {len(self.patch_nums)} token maps, got {len(indices)}")
+        f_hat, outs = None, []
+        for si in range(len(self.patch_nums) - 1):
+            f_hat, nxt = self.next_input(si, f_hat, indices[si])
+            outs.append(nxt)
+        if not outs:
+            return self.codebook.new_zeros(indices[0].shape[0], 0, self.dim).float()
+        return torch.cat(outs, dim=1)
+
 
 class MultiScaleSimVQ(ProjectedCodebook, MultiScaleQuantizer):
     """VAR's multi-scale quantizer over a SimVQ codebook W(C) (see the module docstring)."""

@@ -56,7 +56,10 @@ from vqshrink.models.vqgan import Tokenizer, VQGANConfig
 from vqshrink.stages import stage
 from vqshrink.training import (
     ResumableState,
+    broadcast_from_main,
     check_finite,
+    cosine_lr,
+    epoch_order,
     pick_device,
     progress,
     seed_everything,
@@ -241,29 +244,6 @@ def make_loss(loss: dict, *, gan: bool, weights_dir: str | None) -> TokenizerLos
         )
 
 
-def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
-    """The shuffled row order of one epoch: a function of (seed, epoch) only, so a resumed
-    epoch sees the same batches."""
-    return np.random.default_rng([seed, epoch]).permutation(n)
-
-
-def cosine_lr(step: int, total: int, lr: float, min_lr: float, warmup: int) -> float:
-    if warmup and step < warmup:
-        return lr * (step + 1) / warmup
-    t = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * t))
-
-
-def _broadcast(values: list[float], device: torch.device) -> list[float]:
-    """Rank 0's numbers on every rank (identity for one process)."""
-    values = [float(v) for v in values]  # plain floats: states load with weights_only
-    if not (dist.is_available() and dist.is_initialized()):
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.broadcast(t, src=0)
-    return t.tolist()
-
-
 @torch.no_grad()
 def _validate(model: nn.Module, loss_fn: TokenizerLoss, val: PreparedImages, *, quantize: bool,
               settings: dict, device: torch.device, amp: bool,
@@ -440,7 +420,7 @@ def _fit(model: nn.Module, train: PreparedImages, val: PreparedImages, *, quanti
                 v = _validate(model, loss_fn, val, quantize=quantize, settings=settings,
                               device=device, amp=amp, fid=fid)
                 values = [v["val_mse"], v["val_lpips"], v["val_rec"], v["val_fid"]]
-            values = _broadcast(values, device)
+            values = broadcast_from_main(values, device)
             row.update(val_mse=values[0], val_lpips=values[1], val_rec=values[2],
                        val_fid=values[3])
             if plateau is not None:

@@ -71,44 +71,57 @@ def lookup(paper: pd.DataFrame, *, model: str, variant: str, gan: bool, deferred
     return float(hit["value"].iloc[0]) if len(hit) else float("nan")
 
 
+def tokenizer_columns(m: dict, spec: dict, paper: pd.DataFrame, deferred: bool) -> dict:
+    """A tokenizer's metrics (``metrics.json``) beside the paper's, scaled as printed."""
+    row = {}
+    for metric, (key, scale, stem) in PAPER_METRICS.items():
+        value = m.get(key)
+        if scale != 1.0:
+            row[key] = value
+        row[stem] = None if value is None else value * scale
+        row[f"paper_{stem}"] = lookup(paper, model=spec["paper_model"],
+                                      variant=spec["paper_variant"], gan=spec["gan"],
+                                      deferred=deferred, metric=metric)
+    row.update({
+        "usage": m["usage"],
+        "dead_fraction": m["dead_fraction"],
+        "codebook_size": m["codebook_size"],
+        "tokens_per_image": m["tokens_per_image"],
+        "eval_split": m["split"],
+        "eval_images": m["images"],
+        "fid_feature_net": m["fid_feature_net"],
+        "lpips_backbone": m["lpips_backbone"],
+        "mse_pixel_range": m["mse_pixel_range"],
+    })
+    return row
+
+
+def row_labels(settings: dict, spec: dict, preset: str) -> dict:
+    """The columns that say what a table row is: table, preset, datasets, model, arm."""
+    return {
+        "table": settings["table"],
+        "preset": preset,
+        "paper_dataset": settings["paper_dataset"],
+        "dataset": settings["dataset"],
+        "model": spec["paper_model"],
+        "quantizer": spec["paper_variant"],
+        "gan": YES_NO[spec["gan"]],
+        "deferred": YES_NO[spec["schedule"] == "deferred"],
+        "schedule": SCHEDULE_LABEL[spec["schedule"]],
+        "variant": spec["variant"],
+    }
+
+
 def table_rows(metrics: list[str], records: list[str], tokens: list[str], paper_csv: str,
                settings: dict, preset: str) -> pd.DataFrame:
     paper = paper_values(paper_csv, settings["table"])
     out = []
     for spec, m_path, r_path, t_path in zip(settings["rows"], metrics, records, tokens):
-        m = load_json(m_path)["metrics"]
         rec = load_json(r_path)
-        deferred = spec["schedule"] == "deferred"
-        row = {
-            "table": settings["table"],
-            "preset": preset,
-            "paper_dataset": settings["paper_dataset"],
-            "dataset": settings["dataset"],
-            "model": spec["paper_model"],
-            "quantizer": spec["paper_variant"],
-            "gan": YES_NO[spec["gan"]],
-            "deferred": YES_NO[deferred],
-            "schedule": SCHEDULE_LABEL[spec["schedule"]],
-            "variant": spec["variant"],
-        }
-        for metric, (key, scale, stem) in PAPER_METRICS.items():
-            value = m.get(key)
-            if scale != 1.0:
-                row[key] = value
-            row[stem] = None if value is None else value * scale
-            row[f"paper_{stem}"] = lookup(paper, model=spec["paper_model"],
-                                          variant=spec["paper_variant"], gan=spec["gan"],
-                                          deferred=deferred, metric=metric)
+        row = row_labels(settings, spec, preset)
+        row.update(tokenizer_columns(load_json(m_path)["metrics"], spec, paper,
+                                     spec["schedule"] == "deferred"))
         row.update({
-            "usage": m["usage"],
-            "dead_fraction": m["dead_fraction"],
-            "codebook_size": m["codebook_size"],
-            "tokens_per_image": m["tokens_per_image"],
-            "eval_split": m["split"],
-            "eval_images": m["images"],
-            "fid_feature_net": m["fid_feature_net"],
-            "lpips_backbone": m["lpips_backbone"],
-            "mse_pixel_range": m["mse_pixel_range"],
             "checkpoint": rec.get("checkpoint"),
             "epochs_run": rec.get("epochs_run"),
             "stopped_early": rec.get("stopped_early"),

@@ -1,0 +1,433 @@
+"""Stages of the token-based generators (paper Sec. 6.1, 6.3, App. A.1, A.3-A.5).
+
+Per run ``results/generators/{dataset}/{generator}/{variant}/{schedule}/``::
+
+    tokenizer tokens (train/val) -> train      (class-conditional MaskGIT | VAR | LlamaGen)
+                                 -> sample     (a fixed, seeded number per class; uint8 images)
+                                 -> evaluate   (g-FID vs the test split, pixel distance,
+                                                LPIPS diversity)
+
+The generator never sees images: it trains on the token maps that ``tokenizer.extract_tokens``
+wrote, and its samples are decoded by the same tokenizer. VAR reads continuous teacher-forcing
+inputs from the tokenizer's multi-scale quantizer, which it keeps as a frozen submodule.
+
+Training (App. A.1: ReduceLROnPlateau and early stopping) is resumable at step granularity
+like the tokenizers': the epoch's batch order is a function of (seed, epoch), and the global
+torch RNG (masks, class dropout, dropout) is re-seeded from (seed, step, rank) before every
+step, so a resumed run reproduces the uninterrupted one. Under DDP every rank draws the same
+global batch and trains on its slice; validation runs on rank 0 and is broadcast. The weights
+of the evaluation with the lowest validation loss go downstream (``checkpoint:
+best_val_loss``; ``final`` keeps the last ones).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from vqshrink import distributed
+from vqshrink.data.prepared import read_meta
+from vqshrink.io import atomic_path, load_json, load_torch, run_record, save_json, save_torch
+from vqshrink.metrics import diversity
+from vqshrink.metrics import fid as fidm
+from vqshrink.stages import stage
+from vqshrink.stages.tokenizer import (
+    RANDOM_TRUNK_SEED,
+    load_model,
+    lpips_label,
+    make_extractor,
+    to_uint8,
+)
+from vqshrink.training import (
+    ResumableState,
+    broadcast_from_main,
+    check_finite,
+    epoch_order,
+    pick_device,
+    progress,
+    seed_everything,
+)
+from vqshrink.weights import load_lpips
+
+log = logging.getLogger(__name__)
+
+GENERATORS = ("maskgit", "var", "llamagen")
+
+
+# =============================================================================== models
+
+
+def model_classes(family: str) -> tuple[type, type]:
+    """(config dataclass, model class) of a generator family."""
+    if family == "maskgit":
+        from vqshrink.models.maskgit import MaskGIT, MaskGITConfig
+
+        return MaskGITConfig, MaskGIT
+    if family == "var":
+        from vqshrink.models.var import VAR, VARConfig
+
+        return VARConfig, VAR
+    if family == "llamagen":
+        from vqshrink.models.llamagen import LlamaGen, LlamaGenConfig
+
+        return LlamaGenConfig, LlamaGen
+    raise ValueError(f"unknown generator {family!r}; known: {GENERATORS}")
+
+
+def config_keys(family: str) -> list[str]:
+    """The model config keys a generator accepts (its dataclass fields)."""
+    return [f.name for f in dataclasses.fields(model_classes(family)[0])]
+
+
+def build_generator(family: str, model_cfg: dict, *, tokenizer: nn.Module, num_classes: int,
+                    vocab_size: int) -> tuple[nn.Module, dict]:
+    """A generator for ``tokenizer``'s tokens; returns (model, full config dict)."""
+    cfg_cls, model_cls = model_classes(family)
+    shape = {}
+    if family == "var":
+        q = tokenizer.quantizer
+        shape = {"patch_nums": tuple(q.patch_nums), "token_dim": q.dim}
+    else:
+        side = tokenizer.cfg.latent_resolution if hasattr(tokenizer, "cfg") else None
+        shape = {"token_shape": (side, side)}
+    cfg = cfg_cls(**{**model_cfg, **shape, "vocab_size": vocab_size, "num_classes": num_classes})
+    if family == "var":
+        return model_cls(cfg, tokenizer.quantizer), cfg.to_dict()
+    return model_cls(cfg), cfg.to_dict()
+
+
+def save_generator(model: nn.Module, family: str, cfg: dict, path: str, **extra) -> None:
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    save_torch({"family": family, "config": cfg, "model": state, **extra}, path)
+
+
+def load_generator(path: str, tokenizer: str, device: torch.device | str = "cpu"
+                   ) -> tuple[nn.Module, nn.Module, dict]:
+    """(generator, tokenizer, generator checkpoint) from their files, on ``device``."""
+    tok, _ = load_model(tokenizer, device)
+    blob = load_torch(path)
+    cfg_cls, model_cls = model_classes(blob["family"])
+    cfg = cfg_cls(**blob["config"])
+    model = model_cls(cfg, tok.quantizer) if blob["family"] == "var" else model_cls(cfg)
+    model.load_state_dict(blob["model"])
+    return model.to(device), tok, blob
+
+
+class TokenSet:
+    """One split of a tokenizer's token maps with the dataset's labels, in memory."""
+
+    def __init__(self, tokens: str, labels: str, limit: int | None = None) -> None:
+        t = np.load(tokens, mmap_mode="r")
+        y = np.load(labels)
+        if len(t) != len(y):
+            raise ValueError(f"{tokens}: {len(t)} token maps but {labels} has {len(y)} labels")
+        n = len(t) if limit is None else min(limit, len(t))
+        self.tokens = torch.from_numpy(np.asarray(t[:n]).astype(np.int64))
+        self.labels = torch.from_numpy(y[:n].astype(np.int64))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batch(self, rows: np.ndarray, device: torch.device) -> tuple[Tensor, Tensor]:
+        idx = torch.from_numpy(np.asarray(rows, dtype=np.int64))
+        return self.tokens[idx].to(device), self.labels[idx].to(device)
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """The global-RNG seed of one training step (masks, class dropout, dropout)."""
+    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices only, not on biases, norms and gains (nanoGPT, VAR)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+
+
+# =============================================================================== training
+
+
+@torch.no_grad()
+def _validate(model: nn.Module, val: TokenSet, *, batch_size: int, seed: int, device: torch.device,
+              amp: bool) -> tuple[float, float]:
+    """Mean loss and accuracy on the val tokens, the same masks / dropouts every time."""
+    was_training = model.training
+    model.eval()
+    sums = np.zeros(3)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for start in range(0, len(val), batch_size):
+            tokens, labels = val.batch(np.arange(start, min(start + batch_size, len(val))), device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                out = model(tokens, labels)
+            sums += np.array([out["loss"].float().item(), out["acc"].float().item(), 1.0]) * len(tokens)
+    model.train(was_training)
+    return sums[0] / sums[2], sums[1] / sums[2]
+
+
+@stage
+def train(*, tokens_train: str, tokens_val: str, meta: str, tokenizer: str, model: str,
+          curve: str, record: str, settings: dict, preset: str, state_dir: str,
+          checkpoint_interval_s: float = 60.0) -> None:
+    """Train a class-conditional generator on a tokenizer's token maps (module docstring)."""
+    import pandas as pd
+
+    tr, opt_cfg, family = settings["training"], settings["optimizer"], settings["family"]
+    device = pick_device(tr["device"])
+    info = distributed.setup(device)
+    if info.enabled and device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+    tok_meta = load_json(meta)
+    data = tok_meta["data"]
+    num_classes = len(read_meta(data)["classes"])
+    tok, _ = load_model(tokenizer, "cpu")
+    seed_everything(tr["seed"])  # the initial weights are a function of the seed
+    net, cfg = build_generator(family, settings["model"], tokenizer=tok, num_classes=num_classes,
+                               vocab_size=tok_meta["codebook_size"])
+    net.to(device)
+    train_set = TokenSet(tokens_train, tok_meta["labels"]["train"])
+    val_set = TokenSet(tokens_val, tok_meta["labels"]["val"], limit=tr["val_images"])
+    amp = tr["amp"] == "bf16" and device.type == "cuda"
+    if tr["compile"] and device.type == "cuda":
+        net.compile()
+    ddp = DistributedDataParallel(net, broadcast_buffers=False) if info.enabled else net
+    opt = torch.optim.AdamW(param_groups(net, opt_cfg["weight_decay"]), lr=opt_cfg["lr"],
+                            betas=tuple(opt_cfg["betas"]))
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        opt, mode="min", factor=tr["plateau_factor"], patience=tr["plateau_patience"],
+        min_lr=tr["min_lr"])
+
+    n, bs, epochs, seed = len(train_set), opt_cfg["batch_size"], tr["epochs"], tr["seed"]
+    steps_per_epoch = n // bs
+    if steps_per_epoch < 1:
+        raise ValueError(f"generator {family}: config key generators.models.{family}.optimizer."
+                         f"batch_size {bs} is larger than the training split ({n} token maps)")
+    what = f"{family} on {Path(tokens_train).parent}"
+    state = ResumableState(state_dir, {**settings, "world": info.world_size},
+                           interval_s=checkpoint_interval_s, rank=info.rank)
+    pos = {"epoch": 0, "batch": 0, "step": 0}
+    sums = np.zeros(3)  # loss, acc, batches of the running epoch
+    book = {"curve": [], "best": None, "best_val": math.inf, "bad_evals": 0,
+            "stopped_early": False, "done": False}
+    if (saved := state.restore()) is not None:
+        net.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        plateau.load_state_dict(saved["plateau"])
+        pos, sums, book = dict(saved["pos"]), np.asarray(saved["sums"]), dict(saved["book"])
+
+    def snapshot() -> dict:
+        return {"model": net.state_dict(), "optimizer": opt.state_dict(),
+                "plateau": plateau.state_dict(), "pos": dict(pos), "sums": sums.tolist(),
+                "book": book}
+
+    net.train()
+    t0 = time.perf_counter()
+    bar = progress(None, total=epochs * steps_per_epoch,
+                   initial=pos["epoch"] * steps_per_epoch + pos["batch"], desc=family,
+                   disable=not info.is_main, unit="step")
+    while not book["done"] and pos["epoch"] < epochs:
+        epoch = pos["epoch"]
+        order = epoch_order(n, seed, epoch)
+        while pos["batch"] < steps_per_epoch:
+            rows = order[pos["batch"] * bs:(pos["batch"] + 1) * bs]
+            local = rows[info.rank::info.world_size]
+            tokens, labels = train_set.batch(local, device)
+            step = pos["step"]
+            if step < opt_cfg["warmup_steps"]:  # linear warm-up, then the plateau schedule
+                for g in opt.param_groups:
+                    g["lr"] = opt_cfg["lr"] * (step + 1) / opt_cfg["warmup_steps"]
+            torch.manual_seed(step_seed(seed, step, info.rank))
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                out = ddp(tokens, labels)
+            loss = out["loss"].float()
+            check_finite(loss, epoch=epoch, step=step)
+            opt.zero_grad(set_to_none=True)
+            (loss * (len(local) * info.world_size / len(rows))).backward()
+            if opt_cfg["grad_clip"]:
+                torch.nn.utils.clip_grad_norm_(net.parameters(), opt_cfg["grad_clip"])
+            opt.step()
+            sums += np.array([loss.item(), out["acc"].float().item(), 1.0])
+            pos["batch"] += 1
+            pos["step"] += 1
+            bar.update(1)
+            if pos["step"] % 20 == 0:
+                bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+            if pos["batch"] < steps_per_epoch:
+                state.maybe_save(snapshot)
+
+        # ---- end of epoch: curve row, validation, plateau, early stopping, best weights
+        means = distributed.all_mean(torch.tensor(sums[:2] / max(sums[2], 1)))
+        row = {"epoch": epoch + 1, "step": pos["step"], "loss": means[0].item(),
+               "acc": means[1].item(), "lr": opt.param_groups[0]["lr"]}
+        last_epoch = epoch + 1 == epochs
+        if (epoch + 1) % tr["eval_every_epochs"] == 0 or last_epoch:
+            values = [math.nan, math.nan]
+            if info.is_main:
+                values = list(_validate(net, val_set, batch_size=bs, seed=seed, device=device,
+                                        amp=amp))
+            val_loss, val_acc = broadcast_from_main(values, device)
+            row.update(val_loss=val_loss, val_acc=val_acc)
+            if pos["step"] >= opt_cfg["warmup_steps"]:
+                plateau.step(val_loss)
+            if val_loss < book["best_val"]:
+                book["best_val"], book["bad_evals"] = val_loss, 0
+                if info.is_main:
+                    book["best"] = {"epoch": epoch + 1, "val_loss": val_loss,
+                                    "model": {k: v.detach().cpu().clone()
+                                              for k, v in net.state_dict().items()}}
+            else:
+                book["bad_evals"] += 1
+            patience = tr["early_stopping_patience"]
+            if patience and book["bad_evals"] >= patience and not last_epoch:
+                book["stopped_early"] = book["done"] = True
+                log.info("%s: early stop after epoch %d", what, epoch + 1)
+        row["seconds"] = time.perf_counter() - t0
+        book["curve"].append(row)
+        log.info("%s epoch %d: %s", what, epoch + 1,
+                 {k: round(v, 5) for k, v in row.items() if isinstance(v, float)})
+        pos.update(epoch=epoch + 1, batch=0)
+        sums[:] = 0
+        book["done"] = book["done"] or pos["epoch"] >= epochs
+        state.maybe_save(snapshot, force=book["done"])
+    bar.close()
+
+    if info.is_main:
+        best, chosen = book["best"], "final"
+        if tr["checkpoint"] == "best_val_loss" and best is not None:
+            net.load_state_dict(best["model"])
+            chosen = f"best validation loss (epoch {best['epoch']}, {best['val_loss']:.4g})"
+        save_generator(net, family, cfg, model, tokenizer=tokenizer, checkpoint=chosen)
+        with atomic_path(curve) as tmp:
+            pd.DataFrame(book["curve"]).to_csv(tmp, index=False)
+        save_json(run_record(preset, settings, epochs_run=len(book["curve"]), steps=pos["step"],
+                             stopped_early=book["stopped_early"], checkpoint=chosen,
+                             parameters=sum(p.numel() for p in net.parameters()
+                                            if p.requires_grad),
+                             num_classes=num_classes, tokenizer=tokenizer), record)
+        state.path.unlink(missing_ok=True)
+    distributed.teardown()
+
+
+# =============================================================================== sampling
+
+
+def sample_labels(num_classes: int, per_class: int) -> np.ndarray:
+    """Class of every sample: per_class of class 0, then of class 1, ..."""
+    return np.repeat(np.arange(num_classes, dtype=np.int64), per_class)
+
+
+def _decode(tok: nn.Module, tokens: Tensor) -> Tensor:
+    if tok.multiscale:
+        return tok.decode_indices(tok.quantizer.split_scales(tokens))
+    return tok.decode_indices(tokens)
+
+
+def save_grid(path: str, images: np.ndarray, labels: np.ndarray, classes: int,
+              per_class: int) -> None:
+    """A PNG of the first ``per_class`` samples of the first ``classes`` classes (a row each)."""
+    from PIL import Image
+
+    rows = []
+    for c in np.unique(labels)[:classes]:
+        imgs = images[np.flatnonzero(labels == c)[:per_class]]
+        rows.append(np.concatenate(list(imgs), axis=1))
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows]
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.concatenate(rows, axis=0)).save(tmp, format="PNG")
+
+
+@stage
+def sample(*, model: str, tokenizer: str, images: str, labels: str, tokens: str, grid: str,
+           record: str, settings: dict, preset: str) -> None:
+    """Seeded samples, ``per_class`` of every class, decoded by the tokenizer: uint8
+    (N, H, W, 3) images, their labels and tokens, and a grid PNG. Batch b draws from a
+    generator seeded by (seed, b): the same settings give the same images."""
+    device = pick_device(settings["device"])
+    gen, tok, blob = load_generator(model, tokenizer, device)
+    gen.eval()
+    tok.eval()
+    num_classes = blob["config"]["num_classes"]
+    ys = sample_labels(num_classes, settings["per_class"])
+    bs = settings["batch_size"]
+    img_arr = tok_arr = None
+    with atomic_path(images) as img_tmp, atomic_path(tokens) as tok_tmp:
+        for b, start in enumerate(progress(range(0, len(ys), bs), desc="sample", unit="batch")):
+            y = torch.from_numpy(ys[start:start + bs]).to(device)
+            g = torch.Generator(device).manual_seed(step_seed(settings["seed"], b, 0))
+            t = gen.sample(y, generator=g, **settings["sampling"])
+            x = to_uint8(_decode(tok, t))
+            t = t.cpu().numpy()
+            if img_arr is None:
+                img_arr = np.lib.format.open_memmap(img_tmp, mode="w+", dtype=np.uint8,
+                                                    shape=(len(ys), *x.shape[1:]))
+                tok_arr = np.lib.format.open_memmap(tok_tmp, mode="w+", dtype=np.int32,
+                                                    shape=(len(ys), *t.shape[1:]))
+            img_arr[start:start + len(x)] = x
+            tok_arr[start:start + len(t)] = t
+        img_arr.flush()
+        tok_arr.flush()
+        out = np.asarray(img_arr)
+        del img_arr, tok_arr
+    with atomic_path(labels) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, ys)
+    save_grid(grid, out, ys, settings["grid"]["classes"], settings["grid"]["per_class"])
+    save_json(run_record(preset, settings, samples=len(ys), num_classes=num_classes,
+                         generator=model, tokenizer=tokenizer,
+                         generator_checkpoint=blob.get("checkpoint")), record)
+    log.info("sampled %d images (%d classes x %d) of shape %s", len(ys), num_classes,
+             settings["per_class"], out.shape[1:])
+
+
+# =============================================================================== evaluation
+
+
+@stage
+def evaluate(*, images: str, labels: str, ref: str, metrics: str, settings: dict, preset: str,
+             classifier: str | None = None, weights_dir: str | None = None) -> None:
+    """Generation metrics: g-FID against the test split's reference statistics, mean pairwise
+    pixel distance (all samples) and LPIPS diversity (a seeded subset of ``lpips_images``, or
+    all), both exact over every pair (:mod:`vqshrink.metrics.diversity`)."""
+    device = pick_device(settings["device"])
+    imgs = np.load(images, mmap_mode="r")
+    n = len(imgs)
+    extractor = make_extractor(settings["fid"], classifier=classifier, weights_dir=weights_dir,
+                               device=device)
+    stats = fidm.feature_statistics(imgs, extractor, batch_size=settings["batch_size"])
+    res = fidm.fid_from_stats(stats, fidm.load_statistics(ref))
+    pixel = diversity.mean_pairwise_pixel_distance(
+        np.asarray(imgs), norm=settings["pixel_norm"], scale=settings["pixel_scale"],
+        device=device)
+    k = settings["lpips_images"]
+    subset = np.arange(n) if k is None or k >= n else \
+        np.sort(np.random.default_rng(settings["seed"]).choice(n, size=k, replace=False))
+    lp = settings["lpips"]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_TRUNK_SEED)  # the same random trunk as the tokenizer eval
+        lpips_model = load_lpips(lp["net"], cache_dir=weights_dir,
+                                 pnet_rand=not lp["pretrained"], device=device)
+    lpips_div = diversity.mean_pairwise_lpips(np.asarray(imgs[subset]), lpips_model,
+                                              batch_size=settings["batch_size"])
+    values = {
+        "gfid": res["fid"], "fid_feature_net": res["feature_net"],
+        "fid_substitute": res["substitute"], "fid_reference_images": res["n_ref"],
+        "pixel_distance": pixel, "pixel_norm": settings["pixel_norm"],
+        "pixel_scale": settings["pixel_scale"],
+        "lpips_diversity": lpips_div, "lpips_backbone": lpips_label(lp["net"], lp["pretrained"]),
+        "lpips_images": int(len(subset)), "samples": int(n),
+        "classes": int(len(np.unique(np.load(labels)))),
+    }
+    save_json({"settings": settings, "preset": preset, "metrics": values,
+               "samples": images}, metrics)
+    log.info("generation metrics of %s: g-FID %.4g, pixel distance %.4g, LPIPS diversity %.4g",
+             images, values["gfid"], pixel, lpips_div)

@@ -1,0 +1,141 @@
+"""Generation tables (paper Tables 4, 6, 7, 8, 11, 12), Fig. 5 and the training-curve plots.
+
+Each table row is one generator run (generator x tokenizer variant x schedule) with the run's
+g-FID, pixel distance and LPIPS diversity beside the paper's printed values
+(``workflow/resources/paper_tables.csv``; empty where the paper has none, e.g. Table 12), the
+preset, the dataset actually used and the paper's, and the labels of the networks behind
+g-FID and LPIPS (a substitute is named as such in every row). Table 11 also carries the
+tokenizer's metrics, scaled as :mod:`vqshrink.stages.tokenizer_report` explains.
+
+The paper prints g-FID, pixel distance and LPIPS diversity unscaled. Pixel distance is the
+Euclidean distance between images in [0, 1] by default (``generators.eval.pixel_norm``;
+:mod:`vqshrink.metrics.diversity` says why), recorded in the ``pixel_norm`` column.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from vqshrink.io import load_json  # noqa: E402
+from vqshrink.stages import stage  # noqa: E402
+from vqshrink.stages.synthetic_report import COLORS, save_csv, save_figure  # noqa: E402
+from vqshrink.stages.tokenizer_report import (  # noqa: E402
+    SCHEDULE_LABEL,
+    lookup,
+    paper_values,
+    row_labels,
+    tokenizer_columns,
+)
+
+log = logging.getLogger(__name__)
+
+# paper_tables.csv metric name -> our metrics.json key (printed unscaled)
+GENERATION_METRICS = {"g-FID": "gfid", "Pixel Dist": "pixel_distance",
+                      "LPIPS D": "lpips_diversity"}
+
+
+@stage
+def table(*, metrics: list[str], records: list[str], paper: str, table: str, settings: dict,
+          preset: str, tokenizer_metrics: list[str] | None = None) -> None:
+    """One generation table: a row per (generator, tokenizer, schedule), beside the paper."""
+    paper_rows = paper_values(paper, settings["table"])
+    tok_paths = tokenizer_metrics or [None] * len(metrics)
+    rows = []
+    for spec, m_path, r_path, t_path in zip(settings["rows"], metrics, records, tok_paths):
+        m = load_json(m_path)["metrics"]
+        rec = load_json(r_path)
+        deferred = spec["schedule"] == "deferred"
+        row = row_labels(settings, spec, preset)
+        row["generator"] = spec["generator"]
+        if t_path is not None:
+            row.update(tokenizer_columns(load_json(t_path)["metrics"], spec, paper_rows,
+                                         deferred))
+        for metric, key in GENERATION_METRICS.items():
+            row[key] = m[key]
+            row[f"paper_{key}"] = lookup(paper_rows, model=spec["paper_model"],
+                                         variant=spec["paper_variant"], gan=spec["gan"],
+                                         deferred=deferred, metric=metric)
+        row.update({
+            "fid_feature_net": m["fid_feature_net"],
+            "fid_reference_images": m["fid_reference_images"],
+            "lpips_backbone": m["lpips_backbone"],
+            "pixel_norm": f"{m['pixel_norm']} x {m['pixel_scale']:.6g} (of [0, 255])",
+            "samples": m["samples"],
+            "lpips_images": m["lpips_images"],
+            "checkpoint": rec.get("checkpoint"),
+            "epochs_run": rec.get("epochs_run"),
+            "stopped_early": rec.get("stopped_early"),
+            "parameters": rec.get("parameters"),
+            "run": str(m_path).rsplit("/eval/", 1)[0],
+        })
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    save_csv(frame, table)
+    for _, r in frame.iterrows():
+        log.info("table %s %s/%s %-12s g-FID %.4g (paper %s)  pixel %.4g (paper %s)  "
+                 "LPIPS-D %.4g (paper %s)", r["table"], r["generator"], r["variant"],
+                 r["schedule"], r["gfid"], r["paper_gfid"], r["pixel_distance"],
+                 r["paper_pixel_distance"], r["lpips_diversity"], r["paper_lpips_diversity"])
+
+
+def _grid(images: np.ndarray, labels: np.ndarray, classes: int, per_class: int) -> np.ndarray:
+    rows = []
+    for c in np.unique(labels)[:classes]:
+        pick = images[np.flatnonzero(labels == c)[:per_class]]
+        rows.append(np.concatenate(list(pick), axis=1))
+    return np.concatenate(rows, axis=0)
+
+
+@stage
+def fig5(*, images: list[str], labels: list[str], figure: str, settings: dict,
+         preset: str) -> None:
+    """Fig. 5: VAR samples without and with deferral, one pair of panels per dataset."""
+    panels = settings["panels"]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6), squeeze=False)
+    for ax, panel, img_path, lab_path in zip(axes[0], panels, images, labels):
+        grid = _grid(np.load(img_path, mmap_mode="r"), np.load(lab_path), settings["classes"],
+                     settings["per_class"])
+        ax.imshow(grid, interpolation="nearest")
+        ax.set_title(f"{panel['paper_dataset']}: {SCHEDULE_LABEL[panel['schedule']]}"
+                     + (f"\n(run on {panel['dataset']})"
+                        if panel["dataset"] != panel["paper_dataset"] else ""), fontsize=9,
+                     color=COLORS[panel["schedule"]])
+        ax.set_xticks([]), ax.set_yticks([])
+    fig.suptitle(f"Fig. 5: {settings['generator']} samples, a row per class, preset {preset}",
+                 fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, figure)
+
+
+@stage
+def curves(*, curves: list[str], figure: str, settings: dict, preset: str) -> None:
+    """Training curves (seaborn) of every trained model of a group: one panel per run,
+    training loss and validation loss per epoch, coloured by schedule."""
+    import seaborn as sns
+
+    frames = []
+    for spec, path in zip(settings["runs"], curves):
+        c = pd.read_csv(path)
+        for column, label in settings["metrics"].items():
+            if column in c and c[column].notna().any():
+                frames.append(pd.DataFrame({"epoch": c["epoch"], "value": c[column],
+                                            "metric": label, "run": spec["name"],
+                                            "schedule": spec["schedule"]}))
+    data = pd.concat(frames, ignore_index=True)
+    palette = {k: COLORS[k] for k in ("baseline", "deferred") if k in set(data["schedule"])}
+    palette.update({k: "#555555" for k in set(data["schedule"]) if k not in palette})
+    grid = sns.relplot(data=data, x="epoch", y="value", hue="schedule", style="metric",
+                       col="run", col_wrap=min(4, data["run"].nunique()), kind="line",
+                       palette=palette, markers=True, height=2.6, aspect=1.2,
+                       facet_kws={"sharey": False})
+    grid.set_titles("{col_name}", size=8)
+    grid.figure.suptitle(f"{settings['title']}, preset {preset}", y=1.02)
+    save_figure(grid.figure, figure)
+    log.info("curves: %d runs -> %s", data["run"].nunique(), figure)

@@ -1,0 +1,180 @@
+# Token-based generators (MaskGIT, VAR, LlamaGen): training, sampling, generation metrics,
+# Tables 4, 6, 7, 8, 11, 12, Fig. 5 and the training-curve plots.
+
+
+wildcard_constraints:
+    generator="|".join(GENERATORS),
+    gen_table="|".join(GEN["tables"]),
+    group="|".join(CURVE_METRICS),
+
+
+localrules:
+    generator_table,
+    fig5,
+    training_curves,
+
+
+rule generator_train:
+    """A class-conditional generator on a tokenizer's train tokens (val tokens: plateau and
+    early stopping)."""
+    input:
+        tokens_train="results/tokenizers/{dataset}/{variant}/{schedule}/tokens/train.npy",
+        tokens_val="results/tokenizers/{dataset}/{variant}/{schedule}/tokens/val.npy",
+        meta="results/tokenizers/{dataset}/{variant}/{schedule}/tokens/meta.json",
+        tokenizer="results/tokenizers/{dataset}/{variant}/{schedule}/vq/model.pt",
+    output:
+        model="results/generators/{dataset}/{generator}/{variant}/{schedule}/model/model.pt",
+        curve="results/generators/{dataset}/{generator}/{variant}/{schedule}/model/curve.csv",
+        record="results/generators/{dataset}/{generator}/{variant}/{schedule}/model/run.json",
+    log:
+        log_path("generator_train", "{dataset}_{generator}_{variant}_{schedule}"),
+    benchmark:
+        bench_path("generator_train", "{dataset}_{generator}_{variant}_{schedule}")
+    conda:
+        ENV
+    threads: gen_resources("train")["cpus_per_task"]
+    resources:
+        **gen_resources("train"),
+    params:
+        stage="generator.train",
+        settings=gen_train_settings,
+        preset=PRESET,
+        state_dir=gen_state,
+    script:
+        STAGE_SCRIPT
+
+
+rule generator_sample:
+    """A fixed, seeded number of samples per class, decoded by the tokenizer."""
+    input:
+        model=rules.generator_train.output.model,
+        tokenizer="results/tokenizers/{dataset}/{variant}/{schedule}/vq/model.pt",
+    output:
+        images="results/generators/{dataset}/{generator}/{variant}/{schedule}/samples/images.npy",
+        labels="results/generators/{dataset}/{generator}/{variant}/{schedule}/samples/labels.npy",
+        tokens="results/generators/{dataset}/{generator}/{variant}/{schedule}/samples/tokens.npy",
+        grid="results/generators/{dataset}/{generator}/{variant}/{schedule}/samples/grid.png",
+        record="results/generators/{dataset}/{generator}/{variant}/{schedule}/samples/run.json",
+    log:
+        log_path("generator_sample", "{dataset}_{generator}_{variant}_{schedule}"),
+    conda:
+        ENV
+    threads: gen_resources("sample")["cpus_per_task"]
+    resources:
+        **gen_resources("sample"),
+    params:
+        stage="generator.sample",
+        settings=gen_sample_settings,
+        preset=PRESET,
+    script:
+        STAGE_SCRIPT
+
+
+rule generator_eval:
+    """g-FID against the test split, pixel distance and LPIPS diversity of the samples."""
+    input:
+        unpack(get_gen_eval_inputs),
+        images=rules.generator_sample.output.images,
+        labels=rules.generator_sample.output.labels,
+    output:
+        metrics="results/generators/{dataset}/{generator}/{variant}/{schedule}/eval/metrics.json",
+    log:
+        log_path("generator_eval", "{dataset}_{generator}_{variant}_{schedule}"),
+    conda:
+        ENV
+    threads: gen_resources("eval")["cpus_per_task"]
+    resources:
+        **gen_resources("eval"),
+    params:
+        stage="generator.evaluate",
+        settings=gen_eval_settings,
+        preset=PRESET,
+        weights=True,
+    script:
+        STAGE_SCRIPT
+
+
+# ---------------------------------------------------------------- tables and figures
+rule generator_table:
+    """Tables 4, 6, 7, 8, 11, 12: the run's values beside the paper's."""
+    input:
+        unpack(get_gen_table_inputs),
+        paper="workflow/resources/paper_tables.csv",
+    output:
+        table=report(
+            "results/tables/{gen_table}.csv",
+            caption="../report/generation_table.rst",
+            category="Generators",
+            labels={"table": "{gen_table}"},
+        ),
+    log:
+        log_path("generator_table", "{gen_table}"),
+    conda:
+        ENV
+    params:
+        stage="generator_report.table",
+        settings=gen_table_settings,
+        preset=PRESET,
+        launcher="local",
+    script:
+        STAGE_SCRIPT
+
+
+rule fig5:
+    """Fig. 5: VAR samples w/o and w/ deferral, ImageNet-100 and ODIR side by side."""
+    input:
+        images=[f"{p['run']}/samples/images.npy" for p in fig5_panels()],
+        labels=[f"{p['run']}/samples/labels.npy" for p in fig5_panels()],
+    output:
+        figure=report(
+            "results/figures/fig5.png",
+            caption="../report/fig5.rst",
+            category="Generators",
+        ),
+    log:
+        log_path("fig5", "fig5"),
+    conda:
+        ENV
+    params:
+        stage="generator_report.fig5",
+        settings={
+            "panels": fig5_panels(),
+            "generator": GEN["models"][GEN["fig5"]["generator"]]["paper_model"],
+            "classes": GEN["fig5"]["classes"],
+            "per_class": GEN["fig5"]["per_class"],
+        },
+        preset=PRESET,
+        launcher="local",
+    script:
+        STAGE_SCRIPT
+
+
+rule training_curves:
+    """Training and validation loss per epoch of every trained model of a group."""
+    input:
+        curves=lambda w: [c for _, _, c in curve_runs(w.group, w.dataset)],
+    output:
+        figure=report(
+            "results/figures/curves/{group}-{dataset}.png",
+            caption="../report/curves.rst",
+            category="Training curves",
+            labels={"group": "{group}", "dataset": "{dataset}"},
+        ),
+    log:
+        log_path("training_curves", "{group}-{dataset}"),
+    conda:
+        ENV
+    params:
+        stage="generator_report.curves",
+        settings=lambda w: {
+            "title": f"{w.group} on {w.dataset}",
+            "runs": [
+                {"name": n, "schedule": s}
+                for n, s, _ in curve_runs(w.group, w.dataset)
+            ],
+            "metrics": CURVE_METRICS[w.group],
+        },
+        preset=PRESET,
+        launcher="local",
+    script:
+        STAGE_SCRIPT
