@@ -221,6 +221,44 @@ def test_resume_mid_epoch_gives_the_uninterrupted_weights(tokenizers, tmp_path, 
     pd.testing.assert_frame_equal(a.drop(columns="seconds"), b.drop(columns="seconds"))
 
 
+QUIET = {  # every dropout off: the only randomness left is the batch order (and MaskGIT's masks)
+    "maskgit": {"dropout": 0.0, "class_dropout": 0.0},
+    "var": {"class_dropout": 0.0, "drop_path": 0.0},
+    "llamagen": {"token_dropout_p": 0.0, "resid_dropout_p": 0.0, "ffn_dropout_p": 0.0,
+                 "class_dropout_prob": 0.0},
+}
+
+
+@pytest.mark.parametrize("family", ["maskgit", "var", "llamagen"])
+def test_ddp_two_processes_match_one(family, tokenizers, tmp_path, monkeypatch):
+    """2 gloo processes, each on half of every batch, train what one process trains. MaskGIT
+    draws its masks per rank, so it only has to run (every parameter gets a gradient under
+    DDP); VAR and LlamaGen without dropout must compute the same logits."""
+    from vqshrink.launch import Resources, launch
+
+    tk = tokenizers[tokenizer_for(family)]
+    s = train_settings(family, epochs=1, checkpoint="final")
+    s["model"] = {**s["model"], **QUIET[family]}
+    runs = {}
+    for procs in (1, 2):
+        d = tmp_path / f"p{procs}"
+        d.mkdir()
+        monkeypatch.setenv("VQSHRINK_LOCAL_PROCS", str(procs))
+        launch(gen.train, dict(tokens_train=tk["train"], tokens_val=tk["val"], meta=tk["meta"],
+                               tokenizer=tk["model"], model=str(d / "model.pt"),
+                               curve=str(d / "curve.csv"), record=str(d / "run.json"),
+                               settings=s, preset="test", state_dir=str(d / "state"),
+                               checkpoint_interval_s=0.0, threads=1),
+               name=f"ddp-{procs}", resources=Resources(), launcher="local")
+        net, _, _ = gen.load_generator(str(d / "model.pt"), tk["model"])
+        tokens = torch.from_numpy(np.load(tk["test"])[:8].astype(np.int64))
+        with torch.no_grad():
+            runs[procs] = net.eval().logits(tokens.reshape(8, -1), torch.arange(8) % 10)
+    assert torch.isfinite(runs[2]).all()
+    if family != "maskgit":
+        torch.testing.assert_close(runs[1], runs[2], rtol=1e-3, atol=1e-3)
+
+
 def test_batch_larger_than_the_split_names_the_key(tokenizers, tmp_path):
     s = train_settings("llamagen")
     s["optimizer"]["batch_size"] = 1000

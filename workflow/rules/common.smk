@@ -704,7 +704,16 @@ def tables_on(section, dataset):
 def curve_runs(group, dataset):
     """(name, schedule, curve.csv) of every trained model of a group on a dataset."""
     runs = []
-    if group == "tokenizers":
+    if group == "synthetic":  # one panel per input dim (and collapse encoder): mean over seeds
+        main = main_runs()
+        for run in main + [r for r in collapse_runs() if r not in main]:
+            m = re.search(r"dim(\d+)/h(\d+)/seed\d+/(\w+)$", run)
+            dim, hidden, schedule = m.groups()
+            name = f"{dim}-D" + ("" if int(hidden) == SYN["hidden"] else f", encoder {hidden}")
+            if schedule == "deferred":
+                runs.append((name, "pretrain", f"{run.rsplit('/', 1)[0]}/ae/curve.csv"))
+            runs.append((name, schedule, f"{run}/vq/curve.csv"))
+    elif group == "tokenizers":
         variants = sorted(
             {v for t in tables_on(TOK, dataset) for v in t["variants"]}
             | {v for t in tables_on(GEN, dataset) for _, v in t["runs"]}
@@ -755,6 +764,7 @@ def curve_runs(group, dataset):
 
 
 CURVE_METRICS = {
+    "synthetic": {"loss": "train loss"},
     "tokenizers": {"loss": "train loss", "val_rec": "val reconstruction loss"},
     "sweep": {"loss": "train loss", "val_rec": "val reconstruction loss"},
     "generators": {"loss": "train loss", "val_loss": "val loss"},
@@ -762,6 +772,8 @@ CURVE_METRICS = {
 
 
 def curve_datasets(group):
+    if group == "synthetic":
+        return ["gaussians"]
     if group == "sweep":
         return [used_dataset(SWEEP["dataset"])]
     return used_image_datasets()
