@@ -704,12 +704,16 @@ def tables_on(section, dataset):
 def curve_runs(group, dataset):
     """(name, schedule, curve.csv) of every trained model of a group on a dataset."""
     runs = []
-    if group == "synthetic":  # one panel per input dim (and collapse encoder): mean over seeds
+    if (
+        group == "synthetic"
+    ):  # one panel per input dim (and collapse encoder): mean over seeds
         main = main_runs()
         for run in main + [r for r in collapse_runs() if r not in main]:
             m = re.search(r"dim(\d+)/h(\d+)/seed\d+/(\w+)$", run)
             dim, hidden, schedule = m.groups()
-            name = f"{dim}-D" + ("" if int(hidden) == SYN["hidden"] else f", encoder {hidden}")
+            name = f"{dim}-D" + (
+                "" if int(hidden) == SYN["hidden"] else f", encoder {hidden}"
+            )
             if schedule == "deferred":
                 runs.append((name, "pretrain", f"{run.rsplit('/', 1)[0]}/ae/curve.csv"))
             runs.append((name, schedule, f"{run}/vq/curve.csv"))

@@ -150,9 +150,6 @@ rule fig5:
 
 
 rule training_curves:
-    """Training and validation loss per epoch of every trained model of a group."""
-    wildcard_constraints:
-        dataset="|".join([*IMAGE_DATASETS, "gaussians"]),
     input:
         curves=lambda w: [c for _, _, c in curve_runs(w.group, w.dataset)],
     output:
@@ -164,6 +161,9 @@ rule training_curves:
         ),
     log:
         log_path("training_curves", "{group}-{dataset}"),
+    """Training and validation loss per epoch of every trained model of a group."""
+    wildcard_constraints:
+        dataset="|".join([*IMAGE_DATASETS, "gaussians"]),
     conda:
         ENV
     params:
