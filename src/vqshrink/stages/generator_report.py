@@ -36,6 +36,7 @@ from vqshrink.stages.tokenizer_report import (  # noqa: E402
 
 log = logging.getLogger(__name__)
 
+DATASET_NAMES = {"imagenet100": "ImageNet-100", "odir": "ODIR", "cifar10": "CIFAR-10"}
 # paper_tables.csv metric name -> our metrics.json key (printed unscaled)
 GENERATION_METRICS = {"g-FID": "gfid", "Pixel Dist": "pixel_distance",
                       "LPIPS D": "lpips_diversity"}
@@ -103,13 +104,14 @@ def fig5(*, images: list[str], labels: list[str], figure: str, settings: dict,
         grid = _grid(np.load(img_path, mmap_mode="r"), np.load(lab_path), settings["classes"],
                      settings["per_class"])
         ax.imshow(grid, interpolation="nearest")
-        ax.set_title(f"{panel['paper_dataset']}: {SCHEDULE_LABEL[panel['schedule']]}"
+        name = DATASET_NAMES.get(panel["paper_dataset"], panel["paper_dataset"])
+        ax.set_title(f"{name}: {SCHEDULE_LABEL[panel['schedule']]}"
                      + (f"\n(run on {panel['dataset']})"
                         if panel["dataset"] != panel["paper_dataset"] else ""), fontsize=9,
                      color=COLORS[panel["schedule"]])
         ax.set_xticks([]), ax.set_yticks([])
     fig.suptitle(f"Fig. 5: {settings['generator']} samples, a row per class, preset {preset}",
-                 fontsize=10)
+                 fontsize=10, y=1.04)
     fig.tight_layout()
     save_figure(fig, figure)
 
@@ -133,9 +135,10 @@ def curves(*, curves: list[str], figure: str, settings: dict, preset: str) -> No
     palette.update({k: "#555555" for k in set(data["schedule"]) if k not in palette})
     grid = sns.relplot(data=data, x="epoch", y="value", hue="schedule", style="metric",
                        col="run", col_wrap=min(4, data["run"].nunique()), kind="line",
-                       palette=palette, markers=True, height=2.6, aspect=1.2,
-                       facet_kws={"sharey": False})
+                       palette=palette, markers=bool(data["epoch"].max() <= 20),
+                       height=2.6, aspect=1.2, facet_kws={"sharey": False})
     grid.set_titles("{col_name}", size=8)
+    grid.set_axis_labels("epoch", "loss")
     grid.figure.suptitle(f"{settings['title']}, preset {preset}", y=1.02)
     save_figure(grid.figure, figure)
     log.info("curves: %d runs -> %s", data["run"].nunique(), figure)
