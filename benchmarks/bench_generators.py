@@ -5,9 +5,10 @@ Side by side in one run:
 1. parameters of the paper-scale configs (vocab 16,384, 100 classes, 16x16 tokens; VAR's
    10 scales, 680 tokens) as ``config.yaml`` sets them;
 2. sampling LlamaGen and VAR with their KV caches vs a reference sampler that re-runs the
-   full (causal / block-causal) forward over the whole prefix for every token / scale, at a
-   reduced width (``--width``) so the reference finishes on a CPU; the tokens of both
-   are checked to be identical (same generator seed, greedy top-k = 1);
+   full (causal / block-causal) forward over the whole prefix for every token / scale, both
+   with classifier-free guidance (cond + uncond passes), at a reduced width (``--width``)
+   so the reference finishes on a CPU; the tokens of both are checked to be identical
+   (greedy: top-k = 1);
 3. one training step (forward + backward + AdamW) at paper scale, batch ``--batch``:
    float32, and on CUDA also bf16 autocast and ``torch.compile`` (ratios printed), with
    the peak GPU memory.
@@ -27,7 +28,8 @@ import torch
 
 from vqshrink.models.llamagen import LlamaGen, LlamaGenConfig
 from vqshrink.models.maskgit import MaskGIT, MaskGITConfig
-from vqshrink.models.var import VAR, VARConfig
+from vqshrink.models.sampling import cfg_logits
+from vqshrink.models.var import VAR, VARConfig, guidance_ramp
 from vqshrink.quantizers.multiscale import MultiScaleQuantizer
 
 PATCH_NUMS = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
@@ -62,26 +64,30 @@ def timed(fn, device) -> float:
 
 
 @torch.no_grad()
-def llamagen_no_cache(model: LlamaGen, labels: torch.Tensor) -> torch.Tensor:
-    """Greedy decoding that re-runs the causal forward over the whole prefix per token."""
+def llamagen_no_cache(model: LlamaGen, labels: torch.Tensor, cfg_scale: float) -> torch.Tensor:
+    """Greedy guided decoding that re-runs the causal forward over the whole prefix per token
+    (conditional and unconditional passes, as the cached sampler's doubled batch)."""
     n = model.cfg.token_shape[0] * model.cfg.token_shape[1]
     tokens = torch.zeros(len(labels), n, dtype=torch.long, device=labels.device)
-    for t in range(n):
-        logits = model.logits(tokens, labels)[:, t]  # position t sees tokens < t only
-        tokens[:, t] = logits.argmax(-1)
+    null = torch.full_like(labels, model.cfg.num_classes)
+    for t in range(n):  # position t sees tokens < t only
+        cond, uncond = model.logits(tokens, labels)[:, t], model.logits(tokens, null)[:, t]
+        tokens[:, t] = cfg_logits(cond, uncond, cfg_scale - 1.0).argmax(-1)
     return tokens.view(len(labels), *model.cfg.token_shape)
 
 
 @torch.no_grad()
-def var_no_cache(model: VAR, labels: torch.Tensor) -> torch.Tensor:
-    """Greedy next-scale decoding that re-runs the block-causal forward per scale."""
-    q = model.quantizer
-    sizes = [p * p for p in q.patch_nums]
+def var_no_cache(model: VAR, labels: torch.Tensor, cfg: float) -> torch.Tensor:
+    """Greedy guided next-scale decoding that re-runs the block-causal forward per scale."""
+    sizes = [p * p for p in model.cfg.patch_nums]
     tokens = torch.zeros(len(labels), sum(sizes), dtype=torch.long, device=labels.device)
     start = 0
-    for size in sizes:
-        logits = model.logits(tokens, labels)[:, start:start + size]
-        tokens[:, start:start + size] = logits.argmax(-1)
+    for si, size in enumerate(sizes):
+        part = slice(start, start + size)
+        cond = model.logits(tokens, labels)[:, part]
+        uncond = model.logits(tokens, labels, unconditional=True)[:, part]
+        w = guidance_ramp(cfg, si, len(sizes))
+        tokens[:, part] = cfg_logits(cond, uncond, w).argmax(-1)
         start += size
     return tokens
 
@@ -103,7 +109,7 @@ def main() -> None:
         n = sum(p.numel() for p in m.parameters() if p.requires_grad)
         print(f"   {name:16s} {n / 1e6:8.1f} M")
 
-    print(f"\n2. sampling {args.samples} images (top-k 1, no guidance), width {args.width}, "
+    print(f"\n2. sampling {args.samples} images (guided, greedy top-k 1), width {args.width}, "
           "4 layers: KV cache vs full prefix recomputation")
     labels = torch.arange(args.samples, device=device) % 100
     for name, m in paper_models(args.width).items():
@@ -112,12 +118,12 @@ def main() -> None:
             torch.nn.init.normal_(m.output.weight, std=0.02, generator=gen)
         m = m.to(device).eval()
         g = torch.Generator(device).manual_seed(0)
-        if name == "VAR":
-            fast = lambda: m.sample(labels, generator=g, cfg=0.0, top_k=1, top_p=0.0)  # noqa: E731
-            slow = lambda: var_no_cache(m, labels)  # noqa: E731
+        if name == "VAR":  # guidance as config.yaml sets it, greedy (top-k 1)
+            fast = lambda: m.sample(labels, generator=g, cfg=1.5, top_k=1, top_p=0.0)  # noqa: E731
+            slow = lambda: var_no_cache(m, labels, 1.5)  # noqa: E731
         else:
-            fast = lambda: m.sample(labels, generator=g, cfg_scale=1.0, top_k=1)  # noqa: E731
-            slow = lambda: llamagen_no_cache(m, labels)  # noqa: E731
+            fast = lambda: m.sample(labels, generator=g, cfg_scale=2.0, top_k=1)  # noqa: E731
+            slow = lambda: llamagen_no_cache(m, labels, 2.0)  # noqa: E731
         out = {}
         t_fast = timed(lambda: out.__setitem__("fast", fast()), device)
         t_slow = timed(lambda: out.__setitem__("slow", slow()), device)
