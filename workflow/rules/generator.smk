@@ -150,6 +150,7 @@ rule fig5:
 
 
 rule training_curves:
+    """Training and validation loss per epoch of every trained model of a group."""
     input:
         curves=lambda w: [c for _, _, c in curve_runs(w.group, w.dataset)],
     output:
@@ -161,7 +162,6 @@ rule training_curves:
         ),
     log:
         log_path("training_curves", "{group}-{dataset}"),
-    """Training and validation loss per epoch of every trained model of a group."""
     wildcard_constraints:
         dataset="|".join([*IMAGE_DATASETS, "gaussians"]),
     conda:
