@@ -271,6 +271,19 @@ def test_batch_larger_than_the_split_names_the_key(tokenizers, tmp_path):
     assert not (tmp_path / "m.pt").exists()
 
 
+def test_class_grid_rows_per_class_padded():
+    images = np.arange(5 * 2 * 2 * 3, dtype=np.uint8).reshape(5, 2, 2, 3)
+    labels = np.array([0, 0, 1, 0, 1])
+    grid = gen.class_grid(images, labels, classes=2, per_class=2)
+    assert grid.shape == (4, 4, 3)
+    np.testing.assert_array_equal(grid[:2, :2], images[0])
+    np.testing.assert_array_equal(grid[:2, 2:], images[1])
+    np.testing.assert_array_equal(grid[2:, :2], images[2])
+    np.testing.assert_array_equal(grid[2:, 2:], images[4])
+    one = gen.class_grid(images, np.array([0, 1, 1, 1, 1]), classes=2, per_class=3)
+    assert one.shape == (4, 6, 3) and not one[:2, 2:].any()  # class 0's short row: black
+
+
 def test_sample_labels_and_step_seeds():
     np.testing.assert_array_equal(gen.sample_labels(3, 2), [0, 0, 1, 1, 2, 2])
     seeds = {gen.step_seed(0, s, r) for s in range(100) for r in range(2)}

@@ -72,3 +72,21 @@ def test_non_finite_loss_names_epoch_and_step():
     check_finite(torch.tensor(1.0), epoch=0, step=0)
     with pytest.raises(NonFiniteLossError, match="nan at epoch 4, step 17"):
         check_finite(torch.tensor(float("nan")), epoch=4, step=17)
+
+
+def test_early_stopping_update_counts_bad_evaluations_and_stops():
+    from vqshrink.training import early_stopping_update
+
+    book = {"best_val": float("inf"), "bad_evals": 0, "stopped_early": False, "done": False}
+    seen = [early_stopping_update(book, v, patience=2, last_epoch=False)
+            for v in (3.0, 2.0, 2.5, 1.0, 1.5)]
+    assert seen == [True, True, False, True, False]
+    assert book["best_val"] == 1.0 and book["bad_evals"] == 1 and not book["done"]
+    early_stopping_update(book, 1.2, patience=2, last_epoch=True)  # last epoch: no early stop
+    assert book["bad_evals"] == 2 and not book["stopped_early"]
+    early_stopping_update(book, 1.2, patience=2, last_epoch=False)
+    assert book["stopped_early"] and book["done"]
+    off = {"best_val": 0.0, "bad_evals": 0, "stopped_early": False, "done": False}
+    for _ in range(5):
+        early_stopping_update(off, 1.0, patience=0, last_epoch=False)
+    assert off["bad_evals"] == 5 and not off["done"]  # patience 0: never stops

@@ -139,6 +139,25 @@ def broadcast_from_main(values: list[float], device: torch.device) -> list[float
     return t.tolist()
 
 
+def early_stopping_update(book: dict, value: float, *, patience: int, last_epoch: bool,
+                          key: str = "best_val") -> bool:
+    """One evaluation's early-stopping bookkeeping (lower ``value`` is better).
+
+    A new best resets ``book["bad_evals"]`` and is stored under ``book[key]``; otherwise the
+    evaluation counts as bad. After ``patience`` bad evaluations in a row (0: never), unless
+    this is the last epoch anyway, ``book["stopped_early"]`` and ``book["done"]`` are set.
+    Returns whether ``value`` was a new best.
+    """
+    improved = value < book[key]
+    if improved:
+        book[key], book["bad_evals"] = value, 0
+    else:
+        book["bad_evals"] += 1
+    if patience and book["bad_evals"] >= patience and not last_epoch:
+        book["stopped_early"] = book["done"] = True
+    return improved
+
+
 def epoch_batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
     """Shuffled index batches of one epoch (the last batch may be smaller)."""
     order = torch.randperm(n, generator=generator)

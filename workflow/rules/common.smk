@@ -277,13 +277,18 @@ def get_train_weights(w):
     return {}
 
 
-def get_eval_weights(w):
-    if variant_spec(w.variant)["sweep"]:
-        return require_weights(w)
+def require_metric_weights(w):
+    """The weights of the evaluation metrics: FID's network and LPIPS's trunk."""
     require_weights(w, fid=FEATNET == "inception")
     if METRICS["lpips_pretrained"]:
         require_weights(w, lpips_net=METRICS["lpips_net"])
     return {}
+
+
+def get_eval_weights(w):
+    if variant_spec(w.variant)["sweep"]:
+        return require_weights(w)
+    return require_metric_weights(w)
 
 
 def weights_to_fetch():
@@ -585,9 +590,7 @@ def gen_eval_settings(w):
 
 
 def get_gen_eval_inputs(w):
-    require_weights(w, fid=FEATNET == "inception")
-    if METRICS["lpips_pretrained"]:
-        require_weights(w, lpips_net=METRICS["lpips_net"])
+    require_metric_weights(w)
     return {"ref": fid_ref_path(w.dataset, "test"), **get_fid_classifier(w)}
 
 

@@ -40,22 +40,22 @@ from vqshrink.metrics import diversity
 from vqshrink.metrics import fid as fidm
 from vqshrink.stages import stage
 from vqshrink.stages.tokenizer import (
-    RANDOM_TRUNK_SEED,
     load_model,
     lpips_label,
     make_extractor,
+    make_lpips,
     to_uint8,
 )
 from vqshrink.training import (
     ResumableState,
     broadcast_from_main,
     check_finite,
+    early_stopping_update,
     epoch_order,
     pick_device,
     progress,
     seed_everything,
 )
-from vqshrink.weights import load_lpips
 
 log = logging.getLogger(__name__)
 
@@ -278,17 +278,13 @@ def train(*, tokens_train: str, tokens_val: str, meta: str, tokenizer: str, mode
             row.update(val_loss=val_loss, val_acc=val_acc)
             if pos["step"] >= opt_cfg["warmup_steps"]:
                 plateau.step(val_loss)
-            if val_loss < book["best_val"]:
-                book["best_val"], book["bad_evals"] = val_loss, 0
-                if info.is_main:
-                    book["best"] = {"epoch": epoch + 1, "val_loss": val_loss,
-                                    "model": {k: v.detach().cpu().clone()
-                                              for k, v in net.state_dict().items()}}
-            else:
-                book["bad_evals"] += 1
-            patience = tr["early_stopping_patience"]
-            if patience and book["bad_evals"] >= patience and not last_epoch:
-                book["stopped_early"] = book["done"] = True
+            improved = early_stopping_update(book, val_loss, last_epoch=last_epoch,
+                                             patience=tr["early_stopping_patience"])
+            if improved and info.is_main:
+                book["best"] = {"epoch": epoch + 1, "val_loss": val_loss,
+                                "model": {k: v.detach().cpu().clone()
+                                          for k, v in net.state_dict().items()}}
+            if book["stopped_early"]:
                 log.info("%s: early stop after epoch %d", what, epoch + 1)
         row["seconds"] = time.perf_counter() - t0
         book["curve"].append(row)
@@ -331,19 +327,23 @@ def _decode(tok: nn.Module, tokens: Tensor) -> Tensor:
     return tok.decode_indices(tokens)
 
 
-def save_grid(path: str, images: np.ndarray, labels: np.ndarray, classes: int,
-              per_class: int) -> None:
-    """A PNG of the first ``per_class`` samples of the first ``classes`` classes (a row each)."""
-    from PIL import Image
-
+def class_grid(images: np.ndarray, labels: np.ndarray, classes: int, per_class: int
+               ) -> np.ndarray:
+    """One uint8 image of the first ``per_class`` samples of each of the first ``classes``
+    classes, a row per class (short rows padded with black)."""
     rows = []
     for c in np.unique(labels)[:classes]:
-        imgs = images[np.flatnonzero(labels == c)[:per_class]]
-        rows.append(np.concatenate(list(imgs), axis=1))
+        rows.append(np.concatenate(list(images[np.flatnonzero(labels == c)[:per_class]]), 1))
     width = max(r.shape[1] for r in rows)
-    rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows]
+    return np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows])
+
+
+def save_grid(path: str, images: np.ndarray, labels: np.ndarray, classes: int,
+              per_class: int) -> None:
+    from PIL import Image
+
     with atomic_path(path) as tmp:
-        Image.fromarray(np.concatenate(rows, axis=0)).save(tmp, format="PNG")
+        Image.fromarray(class_grid(images, labels, classes, per_class)).save(tmp, format="PNG")
 
 
 @stage
@@ -412,10 +412,7 @@ def evaluate(*, images: str, labels: str, ref: str, metrics: str, settings: dict
     subset = np.arange(n) if k is None or k >= n else \
         np.sort(np.random.default_rng(settings["seed"]).choice(n, size=k, replace=False))
     lp = settings["lpips"]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(RANDOM_TRUNK_SEED)  # the same random trunk as the tokenizer eval
-        lpips_model = load_lpips(lp["net"], cache_dir=weights_dir,
-                                 pnet_rand=not lp["pretrained"], device=device)
+    lpips_model = make_lpips(lp, weights_dir=weights_dir, device=device)
     lpips_div = diversity.mean_pairwise_lpips(np.asarray(imgs[subset]), lpips_model,
                                               batch_size=settings["batch_size"])
     values = {

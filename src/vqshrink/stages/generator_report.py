@@ -25,6 +25,7 @@ import pandas as pd  # noqa: E402
 
 from vqshrink.io import load_json  # noqa: E402
 from vqshrink.stages import stage  # noqa: E402
+from vqshrink.stages.generator import class_grid  # noqa: E402
 from vqshrink.stages.synthetic_report import COLORS, save_csv, save_figure  # noqa: E402
 from vqshrink.stages.tokenizer_report import (  # noqa: E402
     SCHEDULE_LABEL,
@@ -86,14 +87,6 @@ def table(*, metrics: list[str], records: list[str], paper: str, table: str, set
                  r["paper_pixel_distance"], r["lpips_diversity"], r["paper_lpips_diversity"])
 
 
-def _grid(images: np.ndarray, labels: np.ndarray, classes: int, per_class: int) -> np.ndarray:
-    rows = []
-    for c in np.unique(labels)[:classes]:
-        pick = images[np.flatnonzero(labels == c)[:per_class]]
-        rows.append(np.concatenate(list(pick), axis=1))
-    return np.concatenate(rows, axis=0)
-
-
 @stage
 def fig5(*, images: list[str], labels: list[str], figure: str, settings: dict,
          preset: str) -> None:
@@ -101,8 +94,8 @@ def fig5(*, images: list[str], labels: list[str], figure: str, settings: dict,
     panels = settings["panels"]
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6), squeeze=False)
     for ax, panel, img_path, lab_path in zip(axes[0], panels, images, labels):
-        grid = _grid(np.load(img_path, mmap_mode="r"), np.load(lab_path), settings["classes"],
-                     settings["per_class"])
+        grid = class_grid(np.load(img_path, mmap_mode="r"), np.load(lab_path),
+                          settings["classes"], settings["per_class"])
         ax.imshow(grid, interpolation="nearest")
         name = DATASET_NAMES.get(panel["paper_dataset"], panel["paper_dataset"])
         ax.set_title(f"{name}: {SCHEDULE_LABEL[panel['schedule']]}"

@@ -59,6 +59,7 @@ from vqshrink.training import (
     broadcast_from_main,
     check_finite,
     cosine_lr,
+    early_stopping_update,
     epoch_order,
     pick_device,
     progress,
@@ -187,6 +188,15 @@ def make_extractor(fid: dict, *, classifier: str | None, weights_dir: str | None
         return fidm.substitute_extractor(f"classifier-{fid['dataset']}", net, device=device,
                                          feature_net=classifier_label(fid["dataset"]))
     raise ValueError(f"unknown FID feature net {fid['feature_net']!r}")
+
+
+def make_lpips(lp: dict, *, weights_dir: str | None, device: torch.device) -> nn.Module:
+    """The evaluation LPIPS of ``lp`` settings (net, pretrained); a random trunk is seeded, so
+    it is the same network in every run and stage."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_TRUNK_SEED)
+        return load_lpips(lp["net"], cache_dir=weights_dir, pnet_rand=not lp["pretrained"],
+                          device=device)
 
 
 def lpips_label(net: str, pretrained: bool) -> str:
@@ -425,19 +435,14 @@ def _fit(model: nn.Module, train: PreparedImages, val: PreparedImages, *, quanti
                        val_fid=values[3])
             if plateau is not None:
                 plateau.step(values[2])
-            if values[2] < book["best_val_rec"]:
-                book["best_val_rec"], book["bad_evals"] = values[2], 0
-            else:
-                book["bad_evals"] += 1
+            early_stopping_update(book, values[2], patience=tr["early_stopping_patience"],
+                                  last_epoch=last_epoch, key="best_val_rec")
             if best_mode and info.is_main and (book["best"] is None
                                                or values[3] < book["best"]["val_fid"]):
                 book["best"] = {"epoch": epoch + 1, "step": pos["step"], "val_fid": values[3],
                                 "model": {k: v.detach().cpu().clone()
                                           for k, v in model.state_dict().items()}}
-            patience = tr["early_stopping_patience"]
-            if patience and book["bad_evals"] >= patience and not last_epoch:
-                book["stopped_early"] = True
-                book["done"] = True
+            if book["stopped_early"]:
                 log.info("%s: early stop after epoch %d (%d evaluations without a better "
                          "validation loss)", what, epoch + 1, book["bad_evals"])
         row["seconds"] = time.perf_counter() - t0
@@ -615,10 +620,7 @@ def evaluate(*, data: str, model: str, metrics: str, reconstructions: str, setti
                                    device=device)
         ref_stats = fidm.load_statistics(ref)
     if lp:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(RANDOM_TRUNK_SEED)  # the same random trunk for every run
-            lpips_model = load_lpips(lp["net"], cache_dir=weights_dir,
-                                     pnet_rand=not lp["pretrained"], device=device)
+        lpips_model = make_lpips(lp, weights_dir=weights_dir, device=device)
     k = blob["config"]["codebook_size"]
     counts = torch.zeros(k, dtype=torch.long)
     sums = np.zeros(3)  # squared error sum, lpips sum, images
