@@ -271,6 +271,16 @@ def test_batch_larger_than_the_split_names_the_key(tokenizers, tmp_path):
     assert not (tmp_path / "m.pt").exists()
 
 
+def test_generator_refuses_tokens_of_the_wrong_layout(tokenizers):
+    ms, _ = tok.load_model(tokenizers["multiscale"]["model"])
+    with pytest.raises(ValueError, match="needs \\(N, h, w\\) token maps"):
+        gen.build_generator("maskgit", MODELS["maskgit"], tokenizer=ms, token_shape=(85,),
+                            num_classes=10, vocab_size=32)
+    with pytest.raises(ValueError, match="VAR needs \\(N, 85\\) multi-scale tokens"):
+        gen.build_generator("var", MODELS["var"], tokenizer=ms, token_shape=(8, 8),
+                            num_classes=10, vocab_size=32)
+
+
 def test_class_grid_rows_per_class_padded():
     images = np.arange(5 * 2 * 2 * 3, dtype=np.uint8).reshape(5, 2, 2, 3)
     labels = np.array([0, 0, 1, 0, 1])

@@ -87,17 +87,22 @@ def config_keys(family: str) -> list[str]:
     return [f.name for f in dataclasses.fields(model_classes(family)[0])]
 
 
-def build_generator(family: str, model_cfg: dict, *, tokenizer: nn.Module, num_classes: int,
-                    vocab_size: int) -> tuple[nn.Module, dict]:
-    """A generator for ``tokenizer``'s tokens; returns (model, full config dict)."""
+def build_generator(family: str, model_cfg: dict, *, tokenizer: nn.Module, token_shape: tuple,
+                    num_classes: int, vocab_size: int) -> tuple[nn.Module, dict]:
+    """A generator for ``tokenizer``'s tokens of per-image shape ``token_shape`` ((h, w)
+    maps; VAR: (L,), its scales from the quantizer); returns (model, full config dict)."""
     cfg_cls, model_cls = model_classes(family)
-    shape = {}
     if family == "var":
         q = tokenizer.quantizer
+        if tuple(token_shape) != (q.num_tokens,):
+            raise ValueError(f"VAR needs (N, {q.num_tokens}) multi-scale tokens, got maps of "
+                             f"shape {tuple(token_shape)}")
         shape = {"patch_nums": tuple(q.patch_nums), "token_dim": q.dim}
     else:
-        side = tokenizer.cfg.latent_resolution if hasattr(tokenizer, "cfg") else None
-        shape = {"token_shape": (side, side)}
+        if len(token_shape) != 2:
+            raise ValueError(f"{family} needs (N, h, w) token maps, got (N, "
+                             f"{', '.join(map(str, token_shape))}) (multi-scale tokens?)")
+        shape = {"token_shape": tuple(token_shape)}
     cfg = cfg_cls(**{**model_cfg, **shape, "vocab_size": vocab_size, "num_classes": num_classes})
     if family == "var":
         return model_cls(cfg, tokenizer.quantizer), cfg.to_dict()
@@ -192,6 +197,7 @@ def train(*, tokens_train: str, tokens_val: str, meta: str, tokenizer: str, mode
     tok, _ = load_model(tokenizer, "cpu")
     seed_everything(tr["seed"])  # the initial weights are a function of the seed
     net, cfg = build_generator(family, settings["model"], tokenizer=tok, num_classes=num_classes,
+                               token_shape=tok_meta["shapes"]["train"][1:],
                                vocab_size=tok_meta["codebook_size"])
     net.to(device)
     train_set = TokenSet(tokens_train, tok_meta["labels"]["train"])
