@@ -70,7 +70,9 @@ def test_timed_out_training_is_requeued_and_resumes_exactly(slurm_cluster, tmp_p
             break
         epochs *= 2
     assert resumed, f"the job was never cut by its time limit:\n{log[-2000:]}"
-    assert all(0 < e < epochs for e in resumed), log[-3000:]
+    # A resume at e == epochs is the signal landing after the last epoch, while the outputs
+    # were being written: the requeued job restores the finished state and writes them again.
+    assert all(0 < e <= epochs for e in resumed), log[-3000:]
     assert log.count("stage train_vq starts") == len(resumed) + 1
     local_dir = tmp_path / "local"
     syn.train_vq(**train_kwargs(local_dir, data, init, epochs))
