@@ -14,17 +14,15 @@ import pytest
 import torch
 import yaml
 
-from vqshrink.data.digits import digits_images
-from vqshrink.data.prepared import SplitRows, write_prepared
 from vqshrink.io import load_json, load_torch
 from vqshrink.metrics import diversity
 from vqshrink.stages import generator as gen
 from vqshrink.stages import generator_report as grep
 from vqshrink.stages import tokenizer as tok
 
+from image_fixtures import FID, data, fid_net, one_thread  # noqa: F401 (fixtures)
 from repo_helpers import ROOT, copy_repo, fake_sources, snakemake
 
-FID = {"feature_net": "classifier", "batch_size": 64, "dataset": "digits"}
 ARCH = {"family": "vqgan", "resolution": 16, "ch": 32, "ch_mult": [1, 1], "num_res_blocks": 1,
         "attn_resolutions": [], "dropout": 0.0, "z_channels": 32, "embed_dim": 8}
 LOSS = {"pixel_weight": 1.0, "perceptual_weight": 0.0, "codebook_weight": 1.0,
@@ -48,39 +46,6 @@ GEN_TRAIN = {"epochs": 2, "min_lr": 1e-6, "plateau_factor": 0.5, "plateau_patien
              "early_stopping_patience": 0, "eval_every_epochs": 1, "val_images": 40,
              "checkpoint": "best_val_loss", "amp": "none", "compile": False, "device": "cpu",
              "seed": 0}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> str:
-    """300 digits at 16 px: 200 train / 50 val / 50 test."""
-    out = tmp_path_factory.mktemp("data") / "digits"
-    images, labels = digits_images(16)
-    rows = {"train": range(0, 200), "val": range(200, 250), "test": range(250, 300)}
-    splits = {s: SplitRows(index=[str(i) for i in r], labels=labels[list(r)],
-                           images=images[list(r)]) for s, r in rows.items()}
-    write_prepared(out, splits, meta={"dataset": "digits", "classes": [str(i) for i in range(10)]},
-                   resolution=16, progress=False)
-    return str(out)
-
-
-@pytest.fixture(scope="module")
-def fid_net(data, tmp_path_factory) -> dict:
-    d = tmp_path_factory.mktemp("fid")
-    tok.train_fid_classifier(data=data, classifier=str(d / "cls.pt"), record=str(d / "cls.json"),
-                             settings={"epochs": 1, "batch_size": 64, "lr": 2e-3, "seed": 0,
-                                       "dataset": "digits"}, preset="test")
-    tok.fid_reference(data=data, stats=str(d / "test.npz"), preset="test",
-                      settings={"split": "test", "fid": FID, "device": "cpu"},
-                      classifier=str(d / "cls.pt"))
-    return {"classifier": str(d / "cls.pt"), "test": str(d / "test.npz")}
 
 
 def _tokenizer(data: str, d: Path, quantizer: str) -> dict:

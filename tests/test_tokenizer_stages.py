@@ -12,16 +12,15 @@ import pandas as pd
 import pytest
 import torch
 
-from vqshrink.data.digits import digits_images
-from vqshrink.data.prepared import PreparedImages, SplitRows, write_prepared
+from vqshrink.data.prepared import PreparedImages
 from vqshrink.io import load_json, load_torch
 from vqshrink.stages import tokenizer as tok
 from vqshrink.stages import tokenizer_report as rep
 
+from image_fixtures import FID, data, fid_net, one_thread  # noqa: F401 (fixtures)
 from repo_helpers import ROOT, copy_repo, fake_sources, planned_jobs, snakemake
 
 
-FID = {"feature_net": "classifier", "batch_size": 64, "dataset": "digits"}
 ARCH = {"family": "vqgan", "resolution": 16, "ch": 32, "ch_mult": [1, 1], "num_res_blocks": 1,
         "attn_resolutions": [], "dropout": 0.0, "z_channels": 32, "embed_dim": 8}
 SWEEP_ARCH = {"family": "cifar_vqvae", "resolution": 16, "hidden": 16, "res_hidden": 8,
@@ -37,44 +36,6 @@ TRAIN = {"batch_size": 32, "lr": 1e-3, "min_lr": 1e-5, "betas": [0.9, 0.95],
 
 
 # ------------------------------------------------------------------------------ fixtures
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread, as the rules give these stages on 2 cores (and much faster than
-    two threads fighting other processes for them)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> str:
-    """300 digits at 16 px: 200 train / 50 val / 50 test (a prepared dataset)."""
-    out = tmp_path_factory.mktemp("data") / "digits"
-    images, labels = digits_images(16)
-    rows = {"train": range(0, 200), "val": range(200, 250), "test": range(250, 300)}
-    splits = {s: SplitRows(index=[str(i) for i in r], labels=labels[list(r)],
-                           images=images[list(r)]) for s, r in rows.items()}
-    write_prepared(out, splits, meta={"dataset": "digits", "classes": [str(i) for i in range(10)]},
-                   resolution=16, progress=False)
-    return str(out)
-
-
-@pytest.fixture(scope="module")
-def fid_net(data, tmp_path_factory) -> dict:
-    """The substitute classifier and the val/test reference statistics (the DAG's FID stages)."""
-    d = tmp_path_factory.mktemp("fid")
-    tok.train_fid_classifier(data=data, classifier=str(d / "cls.pt"), record=str(d / "cls.json"),
-                             settings={"epochs": 1, "batch_size": 64, "lr": 2e-3, "seed": 0,
-                                       "dataset": "digits"}, preset="test")
-    for split in ("val", "test"):
-        tok.fid_reference(data=data, stats=str(d / f"{split}.npz"), preset="test",
-                          settings={"split": split, "fid": FID, "device": "cpu"},
-                          classifier=str(d / "cls.pt"))
-    return {"classifier": str(d / "cls.pt"), "val": str(d / "val.npz"),
-            "test": str(d / "test.npz")}
-
-
 def model_cfg(quantizer: str = "vq", k: int = 32) -> dict:
     if quantizer == "vq_ema":
         return {**SWEEP_ARCH, "codebook_size": k, "beta": 0.25, "ema_decay": 0.99}

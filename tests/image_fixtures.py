@@ -1,0 +1,55 @@
+"""Fixtures shared by the image-stage tests (tokenizers, generators): one torch thread, a small
+prepared digits dataset and the substitute FID network with its reference statistics.
+
+Import them into a test module (``from image_fixtures import data, fid_net, one_thread``);
+pytest then uses them as that module's own fixtures.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vqshrink.data.digits import digits_images
+from vqshrink.data.prepared import SplitRows, write_prepared
+from vqshrink.stages import tokenizer as tok
+
+FID = {"feature_net": "classifier", "batch_size": 64, "dataset": "digits"}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread, as the rules give these stages on 2 cores (and much faster than
+    two threads fighting other processes for them)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> str:
+    """300 digits at 16 px: 200 train / 50 val / 50 test (a prepared dataset)."""
+    out = tmp_path_factory.mktemp("data") / "digits"
+    images, labels = digits_images(16)
+    rows = {"train": range(0, 200), "val": range(200, 250), "test": range(250, 300)}
+    splits = {s: SplitRows(index=[str(i) for i in r], labels=labels[list(r)],
+                           images=images[list(r)]) for s, r in rows.items()}
+    write_prepared(out, splits, meta={"dataset": "digits", "classes": [str(i) for i in range(10)]},
+                   resolution=16, progress=False)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def fid_net(data, tmp_path_factory) -> dict:
+    """The substitute classifier and the val/test reference statistics (the DAG's FID stages)."""
+    d = tmp_path_factory.mktemp("fid")
+    tok.train_fid_classifier(data=data, classifier=str(d / "cls.pt"), record=str(d / "cls.json"),
+                             settings={"epochs": 1, "batch_size": 64, "lr": 2e-3, "seed": 0,
+                                       "dataset": "digits"}, preset="test")
+    for split in ("val", "test"):
+        tok.fid_reference(data=data, stats=str(d / f"{split}.npz"), preset="test",
+                          settings={"split": split, "fid": FID, "device": "cpu"},
+                          classifier=str(d / "cls.pt"))
+    return {"classifier": str(d / "cls.pt"), "val": str(d / "val.npz"),
+            "test": str(d / "test.npz")}
