@@ -53,3 +53,19 @@ def fid_net(data, tmp_path_factory) -> dict:
                           classifier=str(d / "cls.pt"))
     return {"classifier": str(d / "cls.pt"), "val": str(d / "val.npz"),
             "test": str(d / "test.npz")}
+
+
+def kill_at_step(module, monkeypatch, step: int) -> list[int]:
+    """Make ``module.check_finite`` (called once per training step) raise KeyboardInterrupt
+    at ``step``, once: a simulated kill. Returns the list of steps it sees, appended to."""
+    real, seen, pending = module.check_finite, [], [step]
+
+    def killed(loss, *, epoch, step, **kw):
+        seen.append(step)
+        if step in pending:
+            pending.clear()
+            raise KeyboardInterrupt("simulated kill")
+        real(loss, epoch=epoch, step=step, **kw)
+
+    monkeypatch.setattr(module, "check_finite", killed)
+    return seen

@@ -20,7 +20,7 @@ from vqshrink.stages import generator as gen
 from vqshrink.stages import generator_report as grep
 from vqshrink.stages import tokenizer as tok
 
-from image_fixtures import FID, data, fid_net, one_thread  # noqa: F401 (fixtures)
+from image_fixtures import FID, data, fid_net, kill_at_step, one_thread  # noqa: F401 (fixtures)
 from repo_helpers import ROOT, copy_repo, fake_sources, snakemake
 
 ARCH = {"family": "vqgan", "resolution": 16, "ch": 32, "ch_mult": [1, 1], "num_res_blocks": 1,
@@ -161,17 +161,7 @@ def test_resume_mid_epoch_gives_the_uninterrupted_weights(tokenizers, tmp_path, 
     """MaskGIT (random masks, class dropout, dropout) killed mid-epoch resumes bit-exactly."""
     tk = tokenizers["vq"]
     ref = train("maskgit", tk, tmp_path / "ref")
-    real = gen.check_finite
-    kill_at, seen = [8], []
-
-    def killed(loss, *, epoch, step, **kw):  # 6 steps per epoch: mid epoch 2
-        seen.append(step)
-        if step in kill_at:
-            kill_at.clear()
-            raise KeyboardInterrupt("simulated kill")
-        real(loss, epoch=epoch, step=step, **kw)
-
-    monkeypatch.setattr(gen, "check_finite", killed)
+    seen = kill_at_step(gen, monkeypatch, 8)  # 6 steps per epoch: mid epoch 2
     with pytest.raises(KeyboardInterrupt):
         train("maskgit", tk, tmp_path / "cut")
     state = load_torch(tmp_path / "cut" / "state" / "last.pt")

@@ -17,7 +17,7 @@ from vqshrink.io import load_json, load_torch
 from vqshrink.stages import tokenizer as tok
 from vqshrink.stages import tokenizer_report as rep
 
-from image_fixtures import FID, data, fid_net, one_thread  # noqa: F401 (fixtures)
+from image_fixtures import FID, data, fid_net, kill_at_step, one_thread  # noqa: F401 (fixtures)
 from repo_helpers import ROOT, copy_repo, fake_sources, planned_jobs, snakemake
 
 
@@ -241,17 +241,7 @@ def test_resume_mid_epoch_gives_the_uninterrupted_weights(data, fid_net, tmp_pat
     ref = init(data, tmp_path / "ref", model, "baseline")
     train(data, ref, s, fid_net)
     cut = init(data, tmp_path / "cut", model, "baseline")
-    real = tok.check_finite
-    seen, kill_at = [], [9]
-
-    def killed_at_step_9(loss, *, epoch, step, **kw):  # 6 steps/epoch: mid epoch 2
-        seen.append(step)
-        if step in kill_at:
-            kill_at.clear()
-            raise KeyboardInterrupt("simulated kill")
-        real(loss, epoch=epoch, step=step, **kw)
-
-    monkeypatch.setattr(tok, "check_finite", killed_at_step_9)
+    seen = kill_at_step(tok, monkeypatch, 9)  # 6 steps per epoch: mid epoch 2
     with pytest.raises(KeyboardInterrupt):
         train(data, cut, s, fid_net)
     state = load_torch(cut / "state" / "last.pt")

@@ -29,7 +29,7 @@ from vqshrink.stages.generator import class_grid  # noqa: E402
 from vqshrink.stages.synthetic_report import COLORS, save_csv, save_figure  # noqa: E402
 from vqshrink.stages.tokenizer_report import (  # noqa: E402
     SCHEDULE_LABEL,
-    lookup,
+    paper_value,
     paper_values,
     row_labels,
     tokenizer_columns,
@@ -61,9 +61,7 @@ def table(*, metrics: list[str], records: list[str], paper: str, table: str, set
                                          deferred))
         for metric, key in GENERATION_METRICS.items():
             row[key] = m[key]
-            row[f"paper_{key}"] = lookup(paper_rows, model=spec["paper_model"],
-                                         variant=spec["paper_variant"], gan=spec["gan"],
-                                         deferred=deferred, metric=metric)
+            row[f"paper_{key}"] = paper_value(paper_rows, spec, deferred, metric)
         row.update({
             "fid_feature_net": m["fid_feature_net"],
             "fid_reference_images": m["fid_reference_images"],

@@ -71,6 +71,12 @@ def lookup(paper: pd.DataFrame, *, model: str, variant: str, gan: bool, deferred
     return float(hit["value"].iloc[0]) if len(hit) else float("nan")
 
 
+def paper_value(paper: pd.DataFrame, spec: dict, deferred: bool, metric: str) -> float:
+    """The paper's printed ``metric`` for a table row's spec (model, variant, GAN) and arm."""
+    return lookup(paper, model=spec["paper_model"], variant=spec["paper_variant"],
+                  gan=spec["gan"], deferred=deferred, metric=metric)
+
+
 def tokenizer_columns(m: dict, spec: dict, paper: pd.DataFrame, deferred: bool) -> dict:
     """A tokenizer's metrics (``metrics.json``) beside the paper's, scaled as printed."""
     row = {}
@@ -79,9 +85,7 @@ def tokenizer_columns(m: dict, spec: dict, paper: pd.DataFrame, deferred: bool) 
         if scale != 1.0:
             row[key] = value
         row[stem] = None if value is None else value * scale
-        row[f"paper_{stem}"] = lookup(paper, model=spec["paper_model"],
-                                      variant=spec["paper_variant"], gan=spec["gan"],
-                                      deferred=deferred, metric=metric)
+        row[f"paper_{stem}"] = paper_value(paper, spec, deferred, metric)
     row.update({
         "usage": m["usage"],
         "dead_fraction": m["dead_fraction"],
