@@ -179,9 +179,10 @@ class ResumableState:
         state = build()
         if all_finite(state):
             self.save(lambda: state)
-            return (f"the training state before this step ({position(state)}) is kept in "
-                    f"{self.path}: a rerun with the same settings resumes there (and will "
-                    "likely meet the same loss), other settings start afresh")
+            return (f"the training state before this step ({position(state)}: weights and "
+                    "optimizer as they were; running statistics such as an EMA codebook "
+                    f"already hold this batch) is kept in {self.path}; a rerun with the same "
+                    "settings resumes there, other settings start afresh")
         if self.path.exists():
             when = f" ({self.saved_at})" if self.saved_at else ""
             return (f"the weights are no longer finite and were not saved; the last state "
