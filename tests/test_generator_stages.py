@@ -20,7 +20,8 @@ from vqshrink.stages import generator as gen
 from vqshrink.stages import generator_report as grep
 from vqshrink.stages import tokenizer as tok
 
-from image_fixtures import FID, data, fid_net, kill_at_step, one_thread  # noqa: F401 (fixtures)
+from image_fixtures import (FID, data, fid_net, kill_at_step, nan_at_step,  # noqa: F401
+                            one_thread)
 from repo_helpers import ROOT, copy_repo, fake_sources, snakemake
 
 ARCH = {"family": "vqgan", "resolution": 16, "ch": 32, "ch_mult": [1, 1], "num_res_blocks": 1,
@@ -174,6 +175,36 @@ def test_resume_mid_epoch_gives_the_uninterrupted_weights(tokenizers, tmp_path, 
         torch.testing.assert_close(x[key], y[key], rtol=0, atol=0, msg=key)
     a, b = pd.read_csv(ref / "curve.csv"), pd.read_csv(cut / "curve.csv")
     pd.testing.assert_frame_equal(a.drop(columns="seconds"), b.drop(columns="seconds"))
+
+
+def test_state_from_before_an_upstream_change_is_not_resumed(tokenizers, tmp_path,
+                                                              monkeypatch):
+    """Killed mid-run; the token maps then change (the tokenizer reran differently): the
+    generator starts afresh instead of resuming from state trained on the old tokens."""
+    tk = {**tokenizers["vq"], "train": str(tmp_path / "tokens-train.npy")}
+    tokens = np.load(tokenizers["vq"]["train"])
+    np.save(tk["train"], tokens)
+    seen = kill_at_step(gen, monkeypatch, 8)
+    with pytest.raises(KeyboardInterrupt):
+        train("maskgit", tk, tmp_path / "cut")
+    np.save(tk["train"], tokens[::-1].copy())
+    seen.clear()
+    train("maskgit", tk, tmp_path / "cut")
+    assert seen[0] == 0
+    assert len(list((tmp_path / "cut" / "state").glob("stale-*.pt"))) == 1
+
+
+def test_nan_loss_keeps_the_state_before_it(tokenizers, tmp_path, monkeypatch):
+    nan_at_step(gen, monkeypatch, 3)
+    d = tmp_path / "nan"
+    d.mkdir()
+    tk = tokenizers["vq"]
+    with pytest.raises(FloatingPointError, match=r"step 3.*kept in .*last\.pt"):
+        gen.train(tokens_train=tk["train"], tokens_val=tk["val"], meta=tk["meta"],
+                  tokenizer=tk["model"], model=str(d / "model.pt"), curve=str(d / "curve.csv"),
+                  record=str(d / "run.json"), settings=train_settings("llamagen"),
+                  preset="test", state_dir=str(d / "state"), checkpoint_interval_s=3600)
+    assert load_torch(d / "state" / "last.pt")["pos"] == {"epoch": 0, "batch": 3, "step": 3}
 
 
 QUIET = {  # every dropout off: the only randomness left is the batch order (and MaskGIT's masks)

@@ -17,7 +17,8 @@ from vqshrink.io import load_json, load_torch
 from vqshrink.stages import tokenizer as tok
 from vqshrink.stages import tokenizer_report as rep
 
-from image_fixtures import FID, data, fid_net, kill_at_step, one_thread  # noqa: F401 (fixtures)
+from image_fixtures import (FID, data, fid_net, kill_at_step, nan_at_step,  # noqa: F401
+                            one_thread)
 from repo_helpers import ROOT, copy_repo, fake_sources, planned_jobs, snakemake
 
 
@@ -253,6 +254,45 @@ def test_resume_mid_epoch_gives_the_uninterrupted_weights(data, fid_net, tmp_pat
     same_weights(str(ref / "model.pt"), str(cut / "model.pt"))
     a, b = pd.read_csv(ref / "curve.csv"), pd.read_csv(cut / "curve.csv")
     pd.testing.assert_frame_equal(a.drop(columns="seconds"), b.drop(columns="seconds"))
+
+
+def test_state_from_before_an_upstream_change_is_not_resumed(data, tmp_path, monkeypatch):
+    """Killed mid-run; the codebook init then reruns with other k-means settings (the VQ
+    stage's own settings unchanged): the VQ stage starts afresh, the old state set aside."""
+    model = model_cfg("vq")
+    s = vq_settings(model, checkpoint="final", epochs=2)
+    cut = init(data, tmp_path / "cut", model, "baseline")
+    seen = kill_at_step(tok, monkeypatch, 8)
+    with pytest.raises(KeyboardInterrupt):
+        train(data, cut, s, None)
+    other = init_settings(model, "baseline")
+    other["kmeans"] = {**other["kmeans"], "iters": 1}
+    tok.init_codebook(data=data, init=str(cut / "init.pt"), embeddings=str(cut / "emb.npz"),
+                      record=str(cut / "init.json"), settings=other, preset="test")
+    seen.clear()
+    train(data, cut, s, None)
+    assert seen[0] == 0  # from the first step, not from the old state
+    assert len(list((cut / "state").glob("stale-*.pt"))) == 1
+
+
+def test_nan_loss_keeps_the_state_before_it(data, tmp_path, monkeypatch):
+    model = model_cfg("vq")
+    d = init(data, tmp_path / "nan", model, "baseline")
+    nan_at_step(tok, monkeypatch, 2)
+    with pytest.raises(FloatingPointError, match=r"step 2.*kept in .*last\.pt"):
+        tok.train_vq(data=data, init=str(d / "init.pt"), model=str(d / "model.pt"),
+                     curve=str(d / "curve.csv"), record=str(d / "run.json"),
+                     settings=vq_settings(model, checkpoint="final"), preset="test",
+                     state_dir=str(d / "state"), checkpoint_interval_s=3600)
+    assert load_torch(d / "state" / "last.pt")["pos"] == {"epoch": 0, "batch": 2, "step": 2}
+
+
+def test_batch_larger_than_the_split_names_the_key(data, tmp_path):
+    model = model_cfg("vq")
+    d = init(data, tmp_path / "big", model, "baseline")
+    with pytest.raises(ValueError, match=r"tokenizers\.training\.batch_size"):
+        train(data, d, vq_settings(model, checkpoint="final", batch_size=1000), None)
+    assert not (d / "model.pt").exists()
 
 
 def test_ddp_two_processes_match_one(data, tmp_path, monkeypatch):

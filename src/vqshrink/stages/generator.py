@@ -218,7 +218,10 @@ def train(*, tokens_train: str, tokens_val: str, meta: str, tokenizer: str, mode
         raise ValueError(f"generator {family}: config key generators.models.{family}.optimizer."
                          f"batch_size {bs} is larger than the training split ({n} token maps)")
     what = f"{family} on {Path(tokens_train).parent}"
-    state = ResumableState(state_dir, {**settings, "world": info.world_size},
+    inputs = {"tokens_train": tokens_train, "tokens_val": tokens_val, "meta": meta,
+              "tokenizer": tokenizer, "labels_train": tok_meta["labels"]["train"],
+              "labels_val": tok_meta["labels"]["val"]}
+    state = ResumableState(state_dir, {**settings, "world": info.world_size}, inputs=inputs,
                            interval_s=checkpoint_interval_s, rank=info.rank)
     pos = {"epoch": 0, "batch": 0, "step": 0}
     sums = np.zeros(3)  # loss, acc, batches of the running epoch
@@ -255,7 +258,7 @@ def train(*, tokens_train: str, tokens_val: str, meta: str, tokenizer: str, mode
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 out = ddp(tokens, labels)
             loss = out["loss"].float()
-            check_finite(loss, epoch=epoch, step=step)
+            check_finite(loss, epoch=epoch, step=step, state=state, snapshot=snapshot)
             opt.zero_grad(set_to_none=True)
             (loss * (len(local) * info.world_size / len(rows))).backward()
             if opt_cfg["grad_clip"]:

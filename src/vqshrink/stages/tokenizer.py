@@ -290,7 +290,8 @@ def _validate(model: nn.Module, loss_fn: TokenizerLoss, val: PreparedImages, *, 
 
 def _fit(model: nn.Module, train: PreparedImages, val: PreparedImages, *, quantize: bool,
          settings: dict, state_dir: str, checkpoint_interval_s: float, what: str,
-         weights_dir: str | None = None, fid_inputs: dict | None = None) -> dict:
+         inputs: dict[str, str | None], weights_dir: str | None = None,
+         fid_inputs: dict | None = None) -> dict:
     """Train ``model`` (resumable, DDP-ready); returns curve, best checkpoint and stop info.
 
     Loss: :class:`TokenizerLoss` (MSE + LPIPS + codebook/commitment, + hinge PatchGAN after
@@ -299,7 +300,8 @@ def _fit(model: nn.Module, train: PreparedImages, val: PreparedImages, *, quanti
     to min_lr, optional linear warm-up) or ``none``; early stopping after
     ``early_stopping_patience`` evaluations without a better validation loss. With
     ``settings["checkpoint"] == "best_val_fid"`` the weights of the evaluation with the
-    lowest validation FID are kept as the result.
+    lowest validation FID are kept as the result. ``inputs`` (name -> file) tie the training
+    state to the files it was made from.
     """
     tr, lw = settings["train"], settings["loss"]
     device = pick_device(tr["device"])
@@ -335,12 +337,14 @@ def _fit(model: nn.Module, train: PreparedImages, val: PreparedImages, *, quanti
     n, bs, epochs = len(train), tr["batch_size"], tr["epochs"]
     steps_per_epoch = n // bs
     if steps_per_epoch < 1:
-        raise ValueError(f"{what}: batch_size {bs} is larger than the training split ({n})")
+        raise ValueError(f"{what}: config key tokenizers.training.batch_size (in the "
+                         f"codebook-size sweep vqvae_sweep.training.batch_size) is {bs}, larger "
+                         f"than the training split of {train.root} ({n} images); lower it")
     total_steps = epochs * steps_per_epoch
     seed = settings["seed"]
 
     state = ResumableState(state_dir, {**settings, "what": what, "world": info.world_size},
-                           interval_s=checkpoint_interval_s, rank=info.rank)
+                           inputs=inputs, interval_s=checkpoint_interval_s, rank=info.rank)
     pos = {"epoch": 0, "batch": 0, "step": 0}
     sums = np.zeros(8)  # loss, mse, lpips, vq, perplexity, g_loss, d_loss, batches
     book = {"curve": [], "best": None, "best_val_rec": math.inf, "bad_evals": 0,
@@ -385,7 +389,7 @@ def _fit(model: nn.Module, train: PreparedImages, val: PreparedImages, *, quanti
                 parts = loss_fn(x, out.x_hat, out.vq_loss, step=step,
                                 last_layer=model.last_layer)
             loss = parts["loss"]
-            check_finite(loss, epoch=epoch, step=step)
+            check_finite(loss, epoch=epoch, step=step, state=state, snapshot=snapshot)
             weight = len(local) * info.world_size / len(rows)
             opt.zero_grad(set_to_none=True)
             (loss * weight).backward()
@@ -491,7 +495,8 @@ def pretrain_ae(*, data: str, model: str, curve: str, record: str, settings: dic
     net = build_model(settings["model"], continuous=True)
     result = _fit(net, _images(data, "train"), _images(data, "val"), quantize=False,
                   settings=settings, state_dir=state_dir,
-                  checkpoint_interval_s=checkpoint_interval_s, what="ae", weights_dir=weights_dir)
+                  checkpoint_interval_s=checkpoint_interval_s, what="ae", weights_dir=weights_dir,
+                  inputs={"data": data})
     _finish(net, settings["model"], result, model_out=model, curve_out=curve, record=record,
             preset=preset, settings=settings, continuous=True)
 
@@ -577,7 +582,9 @@ def train_vq(*, data: str, init: str, model: str, curve: str, record: str, setti
     result = _fit(net, _images(data, "train"), _images(data, "val"), quantize=True,
                   settings=settings, state_dir=state_dir,
                   checkpoint_interval_s=checkpoint_interval_s, what="vq", weights_dir=weights_dir,
-                  fid_inputs={"val_ref": val_ref, "classifier": classifier})
+                  fid_inputs={"val_ref": val_ref, "classifier": classifier},
+                  inputs={"data": data, "init": init, "val_ref": val_ref,
+                          "classifier": classifier})
     _finish(net, blob["config"], result, model_out=model, curve_out=curve, record=record,
             preset=preset, settings=settings)
 
