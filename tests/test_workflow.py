@@ -136,6 +136,23 @@ def test_unwritable_results_directory_is_a_clear_error(how, tmp_path):
     assert "not writable" in proc.stdout + proc.stderr
 
 
+@pytest.mark.parametrize("where", ["results/state", "results/state/synthetic/dim2"])
+def test_unwritable_state_directory_stops_before_any_job(where, tmp_path):
+    """Training state is written while a stage trains: a read-only state directory must stop
+    the run before any job, not at a stage's first save."""
+    repo = copy_repo(tmp_path)
+    target = repo / where
+    target.parent.mkdir(parents=True)
+    _make_unwritable(target, "immutable")
+    try:
+        proc = snakemake("-c1", "results/tables/synthetic.csv", cwd=repo, check=False)
+    finally:
+        subprocess.run(["chattr", "-i", str(target)], capture_output=True)
+    assert proc.returncode != 0
+    assert f"results directory {target.resolve()} is not writable" in proc.stdout + proc.stderr
+    assert not (repo / "results" / "synthetic").exists()  # no job ran
+
+
 # ---------------------------------------------------------------- the demo, end to end
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):

@@ -17,9 +17,10 @@ config.clear()
 config.update(_resolved)
 
 
-def check_results_writable(root="results"):
+def check_results_writable(root="results", below=False):
     """Stop before any job when outputs could not be written (a file in the way, a
-    read-only or immutable directory), naming the directory."""
+    read-only or immutable directory; with ``below``, also one inside ``root``), naming
+    the directory."""
     path = Path(root)
     probe = path / f".write-probe-{os.getpid()}"
     try:
@@ -30,9 +31,13 @@ def check_results_writable(root="results"):
         raise WorkflowError(
             f"results directory {path.resolve()} is not writable: {err}"
         )
+    for sub in path.rglob("*") if below else []:
+        if sub.is_dir() and not os.access(sub, os.W_OK):
+            raise WorkflowError(f"results directory {sub.resolve()} is not writable")
 
 
 check_results_writable()
+check_results_writable("results/state", below=True)  # written while stages train
 
 PRESET = config["preset"]
 SYN = config["synthetic"]
