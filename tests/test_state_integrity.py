@@ -73,7 +73,7 @@ def test_input_digest_follows_contents_not_the_save(tmp_path):
     assert input_digests({"a": a, "none": None}).keys() == {"a"}
 
 
-def test_input_digest_of_a_large_plain_file_reads_only_its_metadata(tmp_path, monkeypatch):
+def test_input_digest_of_a_large_plain_file_reads_only_its_metadata(tmp_path):
     big = tmp_path / "images.npy"
     big.write_bytes(b"\0" * 4096)
     os.utime(big, ns=(1_000_000_000, 1_000_000_000))

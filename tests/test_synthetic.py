@@ -11,6 +11,8 @@ from vqshrink.io import load_torch
 from vqshrink.stages import synthetic as syn
 from vqshrink.training import NonFiniteLossError
 
+from image_fixtures import kill_at_step, nan_at_step
+
 DATA = {"input_dim": 2, "n_clusters": 10, "points_per_cluster": 60, "cluster_std": 1.0,
         "center_box": [-10.0, 10.0], "min_separation": 4.0, "data_seed": 0}
 
@@ -139,17 +141,9 @@ def test_state_from_before_an_upstream_change_is_not_resumed(tmp_path, data, mon
     """Killed, then the codebook init reruns with other k-means settings (the VQ stage's own
     settings unchanged): the VQ stage starts afresh from the new init, not from old state."""
     ref = run_vq(tmp_path, data, "ref", epochs=6, kmeans_iters=1)
-    real = syn.check_finite
-
-    def killed(loss, *, epoch, step, **kw):
-        if step == 25:
-            raise KeyboardInterrupt("simulated kill")
-        real(loss, epoch=epoch, step=step, **kw)
-
-    monkeypatch.setattr(syn, "check_finite", killed)
+    kill_at_step(syn, monkeypatch, 25)
     with pytest.raises(KeyboardInterrupt):
         run_vq(tmp_path, data, "cut", epochs=6)  # k-means with 5 iterations
-    monkeypatch.setattr(syn, "check_finite", real)
     d = tmp_path / "cut"
     syn.init_codebook(data=data, init=str(d / "init.pt"), embeddings=str(d / "emb.npz"),
                       record=str(d / "init.json"), settings=settings(kmeans_iters=1),
@@ -167,21 +161,16 @@ def test_nan_loss_keeps_the_state_before_it_and_a_rerun_resumes_there(tmp_path, 
     would already hold the failed step's batch (the forward pass updates it)."""
     s = settings(epochs=6, ema_decay=None)
     ref = run_vq(tmp_path, data, "ref", epochs=6, ema_decay=None)
-    real = syn.check_finite
-
-    def nan_at_step_23(loss, *, epoch, step, **kw):
-        real(loss * float("nan") if step == 23 else loss, epoch=epoch, step=step, **kw)
-
     d = tmp_path / "nan"
     syn.init_codebook(data=data, init=str(d / "init.pt"), embeddings=str(d / "emb.npz"),
                       record=str(d / "init.json"), settings=s, preset="test")
-    monkeypatch.setattr(syn, "check_finite", nan_at_step_23)
+    nan_at_step(syn, monkeypatch, 23)
     with pytest.raises(NonFiniteLossError) as err:
         train_only(d, data, s, interval_s=3600)
     assert str(d / "state" / "last.pt") in str(err.value)
     kept = load_torch(d / "state" / "last.pt")
     assert (kept["epoch"], kept["batch"], kept["step"]) == (2, 3, 23)
-    monkeypatch.setattr(syn, "check_finite", real)
+    monkeypatch.undo()
     train_only(d, data, s, interval_s=3600)
     same_models(ref, d)
 

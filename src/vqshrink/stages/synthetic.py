@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from vqshrink import distributed
 from vqshrink.data.synthetic import make_gaussian_mixture
-from vqshrink.io import load_torch, run_record, save_json, save_npz, save_torch
+from vqshrink.io import atomic_path, load_torch, run_record, save_json, save_npz, save_torch
 from vqshrink.kmeans import kmeans
 from vqshrink.metrics import codebook as cbm
 from vqshrink.models.mlp_vqvae import MLPVQVAE, MLPVQVAEConfig
@@ -157,9 +157,8 @@ def _finish_training(model: MLPVQVAE, curve: list[dict], *, model_out: str, curv
 
     if distributed.setup(torch.device("cpu")).is_main:
         save_torch({"config": model.cfg.to_dict(), "model": model.state_dict()}, model_out)
-        tmp = Path(curve_out).with_suffix(".csv.tmp")
-        pd.DataFrame(curve).to_csv(tmp, index=False)
-        tmp.replace(curve_out)
+        with atomic_path(curve_out) as tmp:
+            pd.DataFrame(curve).to_csv(tmp, index=False)
         save_json(run_record(preset, settings, epochs_run=len(curve)), record)
         (Path(state_dir) / "last.pt").unlink(missing_ok=True)
     distributed.teardown()
