@@ -197,6 +197,10 @@ def test_leftovers_of_killed_saves_are_removed_and_stale_state_listed(tmp_path, 
     assert ".last.pt.k3x9_q2a.tmp" in caplog.text
     stale = next(tmp_path.glob("stale-*.pt"))
     assert stale.name in caplog.text
+    killed = tmp_path / ".model.pt.abcd1234.tmp"  # any atomic write cleans up after its kin
+    killed.write_bytes(b"partial")
+    save_torch({"w": torch.ones(1)}, tmp_path / "model.pt")
+    assert not killed.exists()
 
 
 # ------------------------------------------------------------------ umask

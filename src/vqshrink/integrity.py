@@ -47,24 +47,27 @@ def is_archive(path: str | Path) -> bool:
 def verify_archive(path: str | Path) -> None:
     """Read every member of the zip archive ``path`` and compare it with its stored CRC-32.
 
-    Raises :class:`ChecksumError` naming the file and the damaged member, or when ``path`` is
-    not a readable zip archive at all.
+    Raises :class:`ChecksumError` naming the file and the damaged member (or the archive's
+    directory, when ``path`` is not a readable zip archive at all); an error reading the
+    disk propagates as itself.
     """
     path = Path(path)
+    member = None
     try:
         with zipfile.ZipFile(path) as zf:
             for info in zf.infolist():
-                try:
-                    with zf.open(info) as member:
-                        while member.read(_CHUNK):
-                            pass
-                except (zipfile.BadZipFile, EOFError, OSError) as err:
-                    raise ChecksumError(
-                        f"{path}: member {info.filename} does not match the checksum stored "
-                        f"when it was written ({err})"
-                    ) from err
-    except zipfile.BadZipFile as err:
-        raise ChecksumError(f"{path}: not a readable zip archive ({err})") from err
+                member = info.filename
+                with zf.open(info) as fh:
+                    while fh.read(_CHUNK):
+                        pass
+    except OSError:
+        raise
+    except Exception as err:  # BadZipFile (bad CRC, broken headers), EOFError, ValueError, ...
+        why = f"{type(err).__name__}: {err}"
+        if member is None:
+            raise ChecksumError(f"{path}: not a readable zip archive ({why})") from err
+        raise ChecksumError(f"{path}: member {member} does not match the checksum stored when "
+                            f"it was written ({why})") from err
 
 
 def archive_digest(path: str | Path) -> str:

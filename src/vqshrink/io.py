@@ -173,7 +173,7 @@ def load_torch(path: str | Path, map_location: str | torch.device = "cpu") -> An
     try:
         verify_archive(path)
     except ChecksumError as err:
-        raise CheckpointError(f"cannot read checkpoint {path}: checksum verification failed: "
+        raise CheckpointError(f"cannot read checkpoint {path}: checksum verification failed, "
                               f"{str(err).removeprefix(f'{path}: ')}. {advice}") from err
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
