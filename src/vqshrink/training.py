@@ -85,7 +85,8 @@ def all_finite(obj: Any) -> bool:
 def position(state: Mapping[str, Any]) -> str:
     """Where a training state stands: epochs and batches done, step."""
     pos = state.get("pos", state)
-    return f"step {pos.get('step')}, after {pos.get('epoch')} epochs and {pos.get('batch', 0)} batches"
+    return (f"step {pos.get('step')}, after {pos.get('epoch')} epochs and "
+            f"{pos.get('batch', 0)} batches")
 
 
 class ResumableState:
