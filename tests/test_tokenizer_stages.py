@@ -44,9 +44,10 @@ def model_cfg(quantizer: str = "vq", k: int = 32) -> dict:
 
 
 def init_settings(model: dict, schedule: str, ratio: int = 2) -> dict:
+    simvq = {"simvq_init": "identity"} if "simvq" in model.get("quantizer", "") else {}
     return {"model": model, "kmeans": {"ratio": ratio, "iters": 5, "init": "kmeans++",
                                        "batch_size": 4},
-            "seed": 0, "schedule": schedule, "batch_size": 32, "device": "cpu"}
+            "seed": 0, "schedule": schedule, "batch_size": 32, "device": "cpu", **simvq}
 
 
 def vq_settings(model: dict, *, gan: bool = False, checkpoint: str = "best_val_fid",
