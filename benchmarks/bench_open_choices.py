@@ -90,6 +90,21 @@ def quiet() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def done(path: Path) -> bool:
+    """A finished stage output of an earlier (interrupted) run of this script: reused."""
+    return path.exists()
+
+
+def run_row(run_dir: Path, labels: dict, extra: tuple[str, ...]) -> dict:
+    """One finished run: its labels, codebook metrics, k-means record and CPU seconds."""
+    met = json.loads((run_dir / "metrics.json").read_text())["metrics"]
+    init = json.loads((run_dir / "init.json").read_text())
+    cpu = run_dir / "cpu_s.txt"
+    return {**labels, **{k: met[k] for k in METRICS + extra},
+            "kmeans_inertia": init["kmeans_inertia"], "kmeans_points": init["kmeans_points"],
+            "cpu_s": float(cpu.read_text()) if cpu.exists() else float("nan")}
+
+
 # ------------------------------------------------------------------------------ synthetic
 def syn_unit(job: dict) -> list[dict]:
     """One (dim, seed): the AE once, then every choice x arm: init, VQ training, evaluation."""
@@ -103,12 +118,13 @@ def syn_unit(job: dict) -> list[dict]:
              "encoder_hidden": None, "codebook_size": s["codebook_size"], "beta": s["beta"],
              "ema_decay": s["ema_decay"], "seed": seed}
     train = {k: s[k] for k in ("batch_size", "lr", "weight_decay", "device")}
-    run = dict(preset="bench", checkpoint_interval_s=1e9)
+    run = dict(preset="bench", checkpoint_interval_s=60.0)
     ae = d / "ae"
-    syn.pretrain_ae(data=data, model=str(ae / "model.pt"), curve=str(ae / "curve.csv"),
-                    record=str(ae / "run.json"), state_dir=str(ae / "state"),
-                    settings={**model, "ema_smoothing": s["ema_smoothing"], **train,
-                              "epochs": s["epochs"]["pretrain"]}, **run)
+    if not done(ae / "model.pt"):
+        syn.pretrain_ae(data=data, model=str(ae / "model.pt"), curve=str(ae / "curve.csv"),
+                        record=str(ae / "run.json"), state_dir=str(ae / "state"),
+                        settings={**model, "ema_smoothing": s["ema_smoothing"], **train,
+                                  "epochs": s["epochs"]["pretrain"]}, **run)
     rows = []
     for choice in job["choices"]:
         over = dict(SYN_CHOICES[choice])
@@ -121,26 +137,23 @@ def syn_unit(job: dict) -> list[dict]:
             init = {**m, "batch_size": c["batch_size"], "kmeans_points": c["kmeans_points"],
                     "kmeans_iters": c["kmeans_iters"], "kmeans_init": c["kmeans_init"],
                     "schedule": arm}
-            t0 = time.process_time()
-            syn.init_codebook(data=data, init=str(r / "init.pt"), embeddings=str(r / "emb.npz"),
-                              record=str(r / "init.json"), settings=init, preset="bench",
-                              ae=str(ae / "model.pt") if arm == "deferred" else None)
-            phase = "baseline" if arm == "baseline" else "finetune"
-            syn.train_vq(data=data, init=str(r / "init.pt"), model=str(r / "model.pt"),
-                         curve=str(r / "curve.csv"), record=str(r / "run.json"),
-                         state_dir=str(r / "state"),
-                         settings={**m, **train, "epochs": c["epochs"][phase]}, **run)
-            syn.evaluate(data=data, model=str(r / "model.pt"), metrics=str(r / "metrics.json"),
-                         samples=str(r / "samples.npz"), settings={**m, "schedule": arm},
-                         preset="bench")
-            met = json.loads((r / "metrics.json").read_text())["metrics"]
-            init_rec = json.loads((r / "init.json").read_text())
-            rows.append({"part": "synthetic", "setup": f"dim {dim}", "seed": seed,
-                         "choice": choice, "arm": arm, **{k: met[k] for k in METRICS},
-                         "mode_entropy": met["mode_entropy"],
-                         "kmeans_inertia": init_rec["kmeans_inertia"],
-                         "kmeans_points": init_rec["kmeans_points"],
-                         "cpu_s": time.process_time() - t0})
+            if not done(r / "metrics.json"):
+                t0 = time.process_time()
+                syn.init_codebook(data=data, init=str(r / "init.pt"),
+                                  embeddings=str(r / "emb.npz"), record=str(r / "init.json"),
+                                  settings=init, preset="bench",
+                                  ae=str(ae / "model.pt") if arm == "deferred" else None)
+                phase = "baseline" if arm == "baseline" else "finetune"
+                syn.train_vq(data=data, init=str(r / "init.pt"), model=str(r / "model.pt"),
+                             curve=str(r / "curve.csv"), record=str(r / "run.json"),
+                             state_dir=str(r / "state"),
+                             settings={**m, **train, "epochs": c["epochs"][phase]}, **run)
+                syn.evaluate(data=data, model=str(r / "model.pt"),
+                             metrics=str(r / "metrics.json"), samples=str(r / "samples.npz"),
+                             settings={**m, "schedule": arm}, preset="bench")
+                (r / "cpu_s.txt").write_text(f"{time.process_time() - t0}")
+            rows.append(run_row(r, {"part": "synthetic", "setup": f"dim {dim}", "seed": seed,
+                                    "choice": choice, "arm": arm}, ("mode_entropy",)))
     return rows
 
 
@@ -212,10 +225,11 @@ def tok_unit(job: dict) -> list[dict]:
     d = work / f"tok_{tag}_seed{seed}"
     base = tok_settings(cfg, variant, {}, seed, size)
     ae = d / "ae"
-    run = dict(preset="bench", checkpoint_interval_s=1e9)
-    tok.pretrain_ae(data=data, model=str(ae / "model.pt"), curve=str(ae / "curve.csv"),
-                    record=str(ae / "run.json"), state_dir=str(ae / "state"),
-                    settings=base["ae"], **run)
+    run = dict(preset="bench", checkpoint_interval_s=60.0)
+    if not done(ae / "model.pt"):
+        tok.pretrain_ae(data=data, model=str(ae / "model.pt"), curve=str(ae / "curve.csv"),
+                        record=str(ae / "run.json"), state_dir=str(ae / "state"),
+                        settings=base["ae"], **run)
     rows = []
     for choice in job["choices"]:
         applies, over = TOK_CHOICES[choice]
@@ -224,25 +238,23 @@ def tok_unit(job: dict) -> list[dict]:
         s = tok_settings(cfg, variant, over, seed, size)
         for arm in ("baseline", "deferred"):
             r = d / choice.replace("=", "_") / arm
-            t0 = time.process_time()
-            tok.init_codebook(data=data, init=str(r / "init.pt"), embeddings=str(r / "emb.npz"),
-                              record=str(r / "init.json"), preset="bench",
-                              settings={**s["init"], "schedule": arm},
-                              ae=str(ae / "model.pt") if arm == "deferred" else None)
-            phase = "baseline" if arm == "baseline" else "finetune"
-            tok.train_vq(data=data, init=str(r / "init.pt"), model=str(r / "model.pt"),
-                         curve=str(r / "curve.csv"), record=str(r / "run.json"),
-                         state_dir=str(r / "state"), settings=s["train"][phase], **run)
-            tok.evaluate(data=data, model=str(r / "model.pt"), metrics=str(r / "metrics.json"),
-                         reconstructions=str(r / "recon.png"), settings=s["eval"],
-                         preset="bench")
-            met = json.loads((r / "metrics.json").read_text())["metrics"]
-            init_rec = json.loads((r / "init.json").read_text())
-            rows.append({"part": "demo tokenizer", "setup": tag, "seed": seed,
-                         "choice": choice, "arm": arm, **{k: met[k] for k in METRICS},
-                         "mse": met["mse"], "kmeans_inertia": init_rec["kmeans_inertia"],
-                         "kmeans_points": init_rec["kmeans_points"],
-                         "cpu_s": time.process_time() - t0})
+            if not done(r / "metrics.json"):
+                t0 = time.process_time()
+                tok.init_codebook(data=data, init=str(r / "init.pt"),
+                                  embeddings=str(r / "emb.npz"), record=str(r / "init.json"),
+                                  preset="bench", settings={**s["init"], "schedule": arm},
+                                  ae=str(ae / "model.pt") if arm == "deferred" else None)
+                phase = "baseline" if arm == "baseline" else "finetune"
+                tok.train_vq(data=data, init=str(r / "init.pt"), model=str(r / "model.pt"),
+                             curve=str(r / "curve.csv"), record=str(r / "run.json"),
+                             state_dir=str(r / "state"), settings=s["train"][phase], **run)
+                tok.evaluate(data=data, model=str(r / "model.pt"),
+                             metrics=str(r / "metrics.json"),
+                             reconstructions=str(r / "recon.png"), settings=s["eval"],
+                             preset="bench")
+                (r / "cpu_s.txt").write_text(f"{time.process_time() - t0}")
+            rows.append(run_row(r, {"part": "demo tokenizer", "setup": tag, "seed": seed,
+                                    "choice": choice, "arm": arm}, ("mse",)))
     return rows
 
 
@@ -300,17 +312,18 @@ def main(argv: list[str] | None = None) -> None:
                    help="synthetic input dims (default: synthetic.input_dims)")
     p.add_argument("--seeds", type=int, nargs="*", default=None,
                    help="synthetic seeds (default: synthetic.seeds)")
-    p.add_argument("--tok-seeds", type=int, nargs="*", default=[0, 1, 2])
-    p.add_argument("--sweep-sizes", type=int, nargs="*", default=[256, 1024])
+    p.add_argument("--tok-seeds", type=int, nargs="*", default=[0])
+    p.add_argument("--sweep-sizes", type=int, nargs="*", default=[1024])
     p.add_argument("--skip", choices=["synthetic", "tokenizers"], action="append", default=[])
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 2-D, one seed, 10 + 5 + 5 synthetic epochs")
-    p.add_argument("--work", default="/tmp/vqshrink_open_choices")
+    p.add_argument("--work", default="/tmp/vqshrink_open_choices",
+                   help="run directory; finished runs found there are reused (resume)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = p.parse_args(argv)
 
     quiet()
-    work, out = Path(args.work), Path(args.out)
+    work, out = Path(args.work + ("_quick" if args.quick else "")), Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
     syn_cfg = load_config(None)  # the synthetic runs are the paper's in every preset
     demo = load_config("demo")

@@ -313,11 +313,12 @@ def test_table_rows_put_run_values_beside_the_papers(tmp_path):
     t = pd.read_csv(out)
     assert list(t["paper_rfid"]) == [8.58, 12.22, 5.04, 5.39]  # Table 3 as printed
     assert list(t["paper_mse_x100"]) == [3.28, 3.91, 2.22, 2.60]
-    assert list(t["paper_lpips_x10"]) == [2.34, 2.70, 1.19, 1.85]
+    assert list(t["paper_lpips_scaled"]) == [2.34, 2.70, 1.19, 1.85]
+    assert set(t["lpips_scale"]) == {10.0}  # Table 3's printed LPIPS fits x 10
     assert list(t["paper_perplexity"]) == [5311.88, 924.57, 7044.51, 2801.88]
     assert list(t["rfid"]) == [10.0, 11.0, 12.0, 13.0]
     np.testing.assert_allclose(t["mse_x100"], t["mse"] * 100)
-    np.testing.assert_allclose(t["lpips_x10"], t["lpips"] * 10)
+    np.testing.assert_allclose(t["lpips_scaled"], t["lpips"] * 10)
     assert set(t["preset"]) == {"demo"} and set(t["dataset"]) == {"digits"}
     assert set(t["paper_dataset"]) == {"imagenet100"}
     assert list(t["deferred"]) == ["yes", "no", "yes", "no"]
