@@ -20,26 +20,13 @@ from vqshrink.training import epoch_batches
 
 from image_fixtures import data as images, one_thread  # noqa: F401 (fixtures)
 from repo_helpers import ROOT
-
-DATA = {"input_dim": 2, "n_clusters": 10, "points_per_cluster": 60, "cluster_std": 1.0,
-        "center_box": [-10.0, 10.0], "min_separation": 4.0, "data_seed": 0}
+from test_synthetic import data as syn_data  # noqa: F401 (fixture)
+from test_synthetic import settings as synthetic_settings
 
 
 def syn_settings(**over):
-    s = {"input_dim": 2, "token_dim": 1, "hidden": 32, "encoder_hidden": None,
-         "codebook_size": 16, "beta": 0.25, "ema_decay": 0.9, "ema_smoothing": "none",
-         "seed": 3, "batch_size": 64, "kmeans_points": 64, "kmeans_iters": 4,
-         "kmeans_init": "random", "schedule": "baseline"}
-    s.update(over)
-    return s
-
-
-@pytest.fixture()
-def syn_data(tmp_path):
-    path = tmp_path / "data.npz"
-    syn.make_data(data=str(path), record=str(tmp_path / "data.json"), settings=DATA,
-                  preset="test")
-    return str(path)
+    """test_synthetic's settings with one batch of 64 for the k-means sample, seed 3."""
+    return synthetic_settings(**{"seed": 3, "kmeans_points": 64, "kmeans_iters": 4, **over})
 
 
 def syn_init(tmp_path, data, **over):
