@@ -53,9 +53,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 import pandas as pd  # noqa: E402
+import torch  # noqa: E402
 import yaml  # noqa: E402
 
 from vqshrink.config import deep_merge  # noqa: E402
+from vqshrink.io import load_torch  # noqa: E402
+from vqshrink.metrics.codebook import mean_pairwise_distance  # noqa: E402
 
 SYN_DATA_KEYS = ("n_clusters", "points_per_cluster", "cluster_std", "center_box",
                  "min_separation", "data_seed")
@@ -74,6 +77,7 @@ TOK_CHOICES = {
 }
 TOK_VARIANTS = ("maskgit", "var", "var_simvq")
 METRICS = ("euclidean", "perplexity", "usage")
+SUMMARY = ("init_euclidean", "kmeans_inertia") + METRICS
 
 
 def load_config(preset: str | None) -> dict:
@@ -82,8 +86,6 @@ def load_config(preset: str | None) -> dict:
 
 
 def quiet() -> None:
-    import torch
-
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.WARNING)
     for name in ("vqshrink", "vqshrink.stages"):
@@ -95,12 +97,23 @@ def done(path: Path) -> bool:
     return path.exists()
 
 
+def initial_codebook(init: Path) -> torch.Tensor:
+    """The codebook the VQ phase starts from: the k-means centroids, or SimVQ's W(C)."""
+    state = load_torch(init)["model"]
+    if "quantizer.codebook" in state:
+        return state["quantizer.codebook"].float()
+    c, w, b = (state[f"quantizer.{k}"].double() for k in ("frozen_codebook", "proj.weight",
+                                                         "proj.bias"))
+    return (c @ w.T + b).float()
+
+
 def run_row(run_dir: Path, labels: dict, extra: tuple[str, ...]) -> dict:
     """One finished run: its labels, codebook metrics, k-means record and CPU seconds."""
     met = json.loads((run_dir / "metrics.json").read_text())["metrics"]
     init = json.loads((run_dir / "init.json").read_text())
     cpu = run_dir / "cpu_s.txt"
     return {**labels, **{k: met[k] for k in METRICS + extra},
+            "init_euclidean": mean_pairwise_distance(initial_codebook(run_dir / "init.pt")),
             "kmeans_inertia": init["kmeans_inertia"], "kmeans_points": init["kmeans_points"],
             "cpu_s": float(cpu.read_text()) if cpu.exists() else float("nan")}
 
@@ -277,7 +290,7 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     """Mean and std over seeds per part x setup x choice x arm, plus the deferred - baseline
     gap of Euc. and perplexity (mean over seeds of the paired difference)."""
     keys = ["part", "setup", "choice", "arm"]
-    agg = runs.groupby(keys, sort=False)[list(METRICS)].agg(["mean", "std"])
+    agg = runs.groupby(keys, sort=False)[list(SUMMARY)].agg(["mean", "std"])
     agg.columns = [f"{m}_{s}" for m, s in agg.columns]
     agg = agg.reset_index()
     agg["seeds"] = runs.groupby(keys, sort=False)["seed"].nunique().values
@@ -291,16 +304,18 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def markdown(summary: pd.DataFrame) -> str:
-    lines = ["| part | setup | choice | arm | seeds | Euc. | perplexity | usage | "
-             "Euc. gap (w/ - w/o) | perplexity gap |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| part | setup | choice | arm | seeds | Euc. at init | k-means inertia | Euc. | "
+             "perplexity | usage | Euc. gap (w/ - w/o) | perplexity gap |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in summary.iterrows():
         def ms(m: str, f: str) -> str:
             std = r[f"{m}_std"]
             return f"{r[f'{m}_mean']:{f}}" + ("" if pd.isna(std) else f" ± {std:{f}}")
 
         lines.append(f"| {r['part']} | {r['setup']} | {r['choice']} | {r['arm']} | "
-                     f"{r['seeds']} | {ms('euclidean', '.3f')} | {ms('perplexity', '.1f')} | "
+                     f"{r['seeds']} | {ms('init_euclidean', '.3f')} | "
+                     f"{ms('kmeans_inertia', '.4g')} | {ms('euclidean', '.3f')} | "
+                     f"{ms('perplexity', '.1f')} | "
                      f"{ms('usage', '.3f')} | {r['euc_gap']:+.3f} | {r['ppl_gap']:+.1f} |")
     return "\n".join(lines) + "\n"
 
