@@ -33,9 +33,12 @@ root, under ``nice``)::
     nice -n 10 python benchmarks/bench_open_choices.py --workers 2
     nice -n 10 python benchmarks/bench_open_choices.py --quick     # a smoke run, minutes
 
-Writes ``benchmarks/results/open_choices_runs.csv`` (one row per run) and
-``open_choices.csv`` / ``open_choices.md`` (mean and std over seeds per part x choice x arm,
-and the deferred - baseline gap); ``--out`` changes the directory.
+Writes ``benchmarks/results/open_choices_runs.csv`` (one row per run; ``cpu_s``: CPU seconds
+of the invocation that finished it) and ``open_choices.csv`` / ``open_choices.md`` (mean
+and std over seeds per part x choice x arm of the initial codebook's distance, the k-means
+inertia, Euc., perplexity and usage; the paired shift of Euc. against the default choice;
+and the deferred - baseline gap); ``--out`` changes the directory. Interrupted runs resume
+from ``--work``.
 """
 
 from __future__ import annotations
@@ -216,8 +219,8 @@ def tok_settings(cfg: dict, variant: str, over: dict, seed: int, sweep_size: int
     if "simvq" in quantizer:
         init["simvq_init"] = exp["simvq_init"]
     return {
-        "ae": {"model": arch, "loss": {**exp["loss"], "gan": False}, "train": train("pretrain"), "seed": seed,
-               "checkpoint": "final"},
+        "ae": {"model": arch, "loss": {**exp["loss"], "gan": False}, "train": train("pretrain"),
+               "seed": seed, "checkpoint": "final"},
         "init": init,
         "train": {phase: {"model": model, "loss": {**exp["loss"], "gan": gan},
                           "train": train(phase), "seed": seed, "checkpoint": "final"}
@@ -300,21 +303,28 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
         "euc_gap": wide[("euclidean", "deferred")] - wide[("euclidean", "baseline")],
         "ppl_gap": wide[("perplexity", "deferred")] - wide[("perplexity", "baseline")],
     }).groupby(level=["part", "setup", "choice"]).mean().reset_index()
+    base = runs[runs["choice"] == "default"].set_index(["part", "setup", "arm", "seed"])
+    paired = runs.join(base["euclidean"].rename("default_euc"), on=["part", "setup", "arm", "seed"])
+    paired["euc_vs_default"] = paired["euclidean"] - paired["default_euc"]
+    shift = paired.groupby(keys, sort=False)["euc_vs_default"].agg(["mean", "std"])
+    shift.columns = ["euc_vs_default_mean", "euc_vs_default_std"]
+    agg = agg.merge(shift.reset_index(), on=keys, how="left")
     return agg.merge(gap, on=["part", "setup", "choice"], how="left")
 
 
 def markdown(summary: pd.DataFrame) -> str:
     lines = ["| part | setup | choice | arm | seeds | Euc. at init | k-means inertia | Euc. | "
-             "perplexity | usage | Euc. gap (w/ - w/o) | perplexity gap |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "Euc. - default's | perplexity | usage | Euc. gap (w/ - w/o) | perplexity gap |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in summary.iterrows():
         def ms(m: str, f: str) -> str:
             std = r[f"{m}_std"]
-            return f"{r[f'{m}_mean']:{f}}" + ("" if pd.isna(std) else f" ± {std:{f}}")
+            return f"{r[f'{m}_mean']:{f}}" + ("" if pd.isna(std) else f" ± {std:{f.lstrip('+')}}")
 
         lines.append(f"| {r['part']} | {r['setup']} | {r['choice']} | {r['arm']} | "
                      f"{r['seeds']} | {ms('init_euclidean', '.3f')} | "
                      f"{ms('kmeans_inertia', '.4g')} | {ms('euclidean', '.3f')} | "
+                     f"{ms('euc_vs_default', '+.3f')} | "
                      f"{ms('perplexity', '.1f')} | "
                      f"{ms('usage', '.3f')} | {r['euc_gap']:+.3f} | {r['ppl_gap']:+.1f} |")
     return "\n".join(lines) + "\n"
@@ -330,6 +340,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tok-seeds", type=int, nargs="*", default=[0])
     p.add_argument("--sweep-sizes", type=int, nargs="*", default=[1024])
     p.add_argument("--skip", choices=["synthetic", "tokenizers"], action="append", default=[])
+    p.add_argument("--choices", nargs="*", default=None,
+                   help="run only these choices (default: all; 'default' is the baseline)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 2-D, one seed, 10 + 5 + 5 synthetic epochs")
     p.add_argument("--work", default="/tmp/vqshrink_open_choices",
@@ -349,12 +361,13 @@ def main(argv: list[str] | None = None) -> None:
         syn_cfg = copy.deepcopy(syn_cfg)
         syn_cfg["synthetic"]["epochs"] = {"baseline": 10, "pretrain": 5, "finetune": 5}
         dims, seeds, tok_seeds = [2], [0], [0]
+    pick = (lambda names: [n for n in names if n in args.choices]) if args.choices else list
     jobs: list[tuple] = []
     if "synthetic" not in args.skip:
-        jobs += [(syn_unit, j) for j in syn_jobs(syn_cfg, work, dims, seeds, list(SYN_CHOICES))]
+        jobs += [(syn_unit, j) for j in syn_jobs(syn_cfg, work, dims, seeds, pick(SYN_CHOICES))]
     if "tokenizers" not in args.skip:
         jobs += [(tok_unit, j) for j in tok_jobs(demo, work, tok_seeds, args.sweep_sizes,
-                                                  list(TOK_CHOICES), TOK_VARIANTS)]
+                                                  pick(TOK_CHOICES), TOK_VARIANTS)]
     t0 = time.perf_counter()
     rows: list[dict] = []
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
@@ -369,8 +382,9 @@ def main(argv: list[str] | None = None) -> None:
     summary.to_csv(out / "open_choices.csv", index=False)
     (out / "open_choices.md").write_text(markdown(summary))
     print(markdown(summary))
-    print(f"{len(runs)} runs, {time.perf_counter() - t0:.0f} s wall, "
-          f"{runs['cpu_s'].sum():.0f} s CPU in the runs")
+    print(f"{len(runs)} runs, {time.perf_counter() - t0:.0f} s wall in this invocation; "
+          f"{runs['cpu_s'].sum():.0f} s CPU recorded by {runs['cpu_s'].notna().sum()} runs "
+          "(a resumed run records only its last part)")
 
 
 if __name__ == "__main__":
