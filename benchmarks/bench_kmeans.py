@@ -7,7 +7,8 @@ round counts):
 - ours (random init, faiss's default): ``kmeans(x, k, iters, init="random")``; its time
   includes the final assignment that makes the returned assignments/inertia consistent
   with the centroids (one more assignment pass than faiss runs);
-- ours (k-means++ init, our default), timed once, for the cost of the seeding;
+- ours (k-means++ init, the option; random centres are the default), timed once, for
+  the cost of the seeding;
 - faiss: ``faiss.Kmeans(d, k, niter=iters).train(x)`` (optional), timed in a child
   process: the faiss-cpu wheel ships its own libgomp, and two OpenMP runtimes spinning
   in one process slowed the torch side up to 10x in our runs.

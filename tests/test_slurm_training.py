@@ -30,7 +30,8 @@ def settings(epochs: int) -> dict:
     return {"input_dim": 2, "token_dim": 1, "hidden": 32, "encoder_hidden": None,
             "codebook_size": 32, "beta": 0.25, "ema_decay": 0.9, "seed": 0, "batch_size": 64,
             "lr": 1e-3, "weight_decay": 0.01, "device": "cpu", "epochs": epochs,
-            "kmeans_points": 1000, "kmeans_iters": 5, "schedule": "baseline"}
+            "kmeans_points": 1000, "kmeans_iters": 5, "kmeans_init": "random",
+            "ema_smoothing": "none", "schedule": "baseline"}
 
 
 def train_kwargs(d: Path, data: str, init: str, epochs: int) -> dict:

@@ -21,7 +21,8 @@ def settings(**over):
     s = {"input_dim": 2, "token_dim": 1, "hidden": 32, "encoder_hidden": None,
          "codebook_size": 16, "beta": 0.25, "ema_decay": 0.9, "seed": 0, "batch_size": 64,
          "lr": 1e-3, "weight_decay": 0.01, "device": "cpu", "epochs": 4,
-         "kmeans_points": 600, "kmeans_iters": 5, "schedule": "baseline"}
+         "kmeans_points": 600, "kmeans_iters": 5, "kmeans_init": "random",
+         "ema_smoothing": "none", "schedule": "baseline"}
     s.update(over)
     return s
 

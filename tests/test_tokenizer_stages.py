@@ -45,9 +45,10 @@ def model_cfg(quantizer: str = "vq", k: int = 32) -> dict:
 
 
 def init_settings(model: dict, schedule: str, ratio: int = 2) -> dict:
+    simvq = {"simvq_init": "identity"} if "simvq" in model.get("quantizer", "") else {}
     return {"model": model, "kmeans": {"ratio": ratio, "iters": 5, "init": "kmeans++",
                                        "batch_size": 4},
-            "seed": 0, "schedule": schedule, "batch_size": 32, "device": "cpu"}
+            "seed": 0, "schedule": schedule, "batch_size": 32, "device": "cpu", **simvq}
 
 
 def vq_settings(model: dict, *, gan: bool = False, checkpoint: str = "best_val_fid",
@@ -352,11 +353,12 @@ def test_table_rows_put_run_values_beside_the_papers(tmp_path):
     t = pd.read_csv(out)
     assert list(t["paper_rfid"]) == [8.58, 12.22, 5.04, 5.39]  # Table 3 as printed
     assert list(t["paper_mse_x100"]) == [3.28, 3.91, 2.22, 2.60]
-    assert list(t["paper_lpips_x10"]) == [2.34, 2.70, 1.19, 1.85]
+    assert list(t["paper_lpips_scaled"]) == [2.34, 2.70, 1.19, 1.85]
+    assert set(t["lpips_scale"]) == {10.0}  # Table 3's printed LPIPS fits x 10
     assert list(t["paper_perplexity"]) == [5311.88, 924.57, 7044.51, 2801.88]
     assert list(t["rfid"]) == [10.0, 11.0, 12.0, 13.0]
     np.testing.assert_allclose(t["mse_x100"], t["mse"] * 100)
-    np.testing.assert_allclose(t["lpips_x10"], t["lpips"] * 10)
+    np.testing.assert_allclose(t["lpips_scaled"], t["lpips"] * 10)
     assert set(t["preset"]) == {"demo"} and set(t["dataset"]) == {"digits"}
     assert set(t["paper_dataset"]) == {"imagenet100"}
     assert list(t["deferred"]) == ["yes", "no", "yes", "no"]

@@ -9,13 +9,19 @@ lucidrains/vector-quantize-pytorch; faiss instead splits a large cluster). After
 update one more assignment makes ``assignments``, ``counts`` and ``inertia`` consistent
 with the returned centroids (as in scikit-learn).
 
-Initialisation:
+Initialisation (``init``; default ``"random"``):
+- ``"random"``: k distinct data points, uniformly. This is the k-means the paper cites
+  (SoundStream, Zeghidour et al. 2021, "k-means on the first training batch") as
+  lucidrains/vector-quantize-pytorch implements it (``kmeans``: initial means are a random
+  sample of the input vectors, then Lloyd steps; faiss's default too).
 - ``"kmeans++"`` (Arthur & Vassilvitskii 2007): the first centre uniform, each next one
   drawn with probability proportional to D(x)^2, the squared distance to the nearest
   centre chosen so far. This is inherently k sequential draws; each draw is a handful of
   O(N*D) tensor ops with no host-device synchronisation, so N=32,768, k=16,384 takes a few
-  seconds on 2 CPU cores (comparable to 10 Lloyd iterations), and is fast on GPU.
-- ``"random"``: k distinct data points, uniformly (faiss's default).
+  seconds on 2 CPU cores (comparable to 10 Lloyd iterations), and is fast on GPU. Kept as
+  an option: on the narrow embeddings of an untrained encoder it spreads the initial
+  codebook (a larger codebook distance, a lower inertia), i.e. it undoes part of the
+  shrinkage the paper measures (benchmarks/README.md, "open choices").
 
 Determinism: all randomness comes from a ``torch.Generator`` seeded with ``seed`` on the
 data's device. On CPU results are bitwise reproducible; on CUDA ``index_add_`` uses float
@@ -115,7 +121,7 @@ def kmeans(
     k: int,
     *,
     iters: int = 10,  # Lloyd iterations (assignment + update)
-    init: str = "kmeans++",  # "kmeans++" or "random"
+    init: str = "random",  # "random" (SoundStream / vector-quantize-pytorch) or "kmeans++"
     seed: int = 0,  # seeds a torch.Generator on x's device
     memory_budget_mb: float = 64.0,  # cap on the distance block of each assignment
     tol: float = 0.0,  # stop when relative inertia decrease <= tol (0: only at a fixed point)

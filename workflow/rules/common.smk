@@ -77,7 +77,7 @@ SYN_DATA_KEYS = (
     "min_separation",
     "data_seed",
 )
-SYN_MODEL_KEYS = ("hidden", "codebook_size", "beta", "ema_decay")
+SYN_MODEL_KEYS = ("hidden", "codebook_size", "beta", "ema_decay", "ema_smoothing")
 SYN_TRAIN_KEYS = ("batch_size", "lr", "weight_decay", "device")
 
 
@@ -114,6 +114,7 @@ def syn_init_settings(w):
         "batch_size": SYN["batch_size"],
         "kmeans_points": SYN["kmeans_points"],
         "kmeans_iters": SYN["kmeans_iters"],
+        "kmeans_init": SYN["kmeans_init"],
         "schedule": w.schedule,
     }
 
@@ -349,6 +350,7 @@ def model_settings(w):
             "codebook_size": k,
             "beta": SWEEP["beta"],
             "ema_decay": SWEEP["ema_decay"],
+            "ema_smoothing": SWEEP["ema_smoothing"],
         }
     multiscale = spec["quantizer"].startswith("multiscale")
     extra = {"patch_nums": TOK["patch_nums"]} if multiscale else {}
@@ -387,6 +389,8 @@ def tok_ae_settings(w):
 
 def tok_init_settings(w):
     exp = tok_experiment(w)
+    spec = variant_spec(w.variant)
+    simvq = "simvq" in spec["quantizer"]
     return {
         "model": model_settings(w),
         "kmeans": exp["kmeans"],
@@ -394,6 +398,7 @@ def tok_init_settings(w):
         "schedule": w.schedule,
         "batch_size": exp["training"]["batch_size"],
         "device": exp["training"]["device"],
+        **({"simvq_init": TOK["simvq_init"]} if simvq else {}),
     }
 
 

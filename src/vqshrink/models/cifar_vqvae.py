@@ -45,6 +45,7 @@ class CifarVQVAEConfig:
     codebook_size: int = 512  # older Sec. 5.2 default; the sweep varies it 16..65,536
     beta: float = 0.25  # commitment weight (older Sec. 5.2)
     ema_decay: float = 0.99  # EMA codebook decay (older Sec. 5.2)
+    ema_smoothing: str = "none"  # "none" (older paper eq. 3-5) or "laplace" (taming)
     memory_budget_mb: float = 64.0  # nearest-code search: cap on one distance block
 
     @property
@@ -89,7 +90,7 @@ class CifarVQVAE(QuantizedAutoencoder):
         self.quant_conv = nn.Conv2d(h, cfg.embed_dim, 1)  # sonnet's pre_vq_conv
         self.quantizer = VectorQuantizer(
             cfg.codebook_size, cfg.embed_dim, beta=cfg.beta, ema_decay=cfg.ema_decay,
-            memory_budget_mb=cfg.memory_budget_mb,
+            ema_smoothing=cfg.ema_smoothing, memory_budget_mb=cfg.memory_budget_mb,
         )
         self.decoder = nn.Sequential(
             nn.Conv2d(cfg.embed_dim, h, 3, padding=1),

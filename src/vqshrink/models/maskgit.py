@@ -6,13 +6,19 @@ Paper Sec. 6.1: class-conditional MaskGIT, "ViT with depth of 24", 16x16 token m
 * Sizes: google-research/maskgit ``configs/maskgit_class_cond_config.py`` (24 layers, hidden 768,
   MLP 3072, 16 heads, dropout 0.1, label smoothing 0.1, choice temperature 4.5); valeoai
   Maskgit-pytorch v1 "base" is the same (768, 24, 16, 3072, 0.1).
-* Input (valeoai v1 ``Network/transformer.py``): one embedding table holding the ``vocab_size``
-  codes, the mask token (id ``vocab_size``) and ``num_classes + 1`` class tokens (the last one =
-  the dropped / unconditional class, id ``num_classes``); the class token is appended after the
-  h*w image tokens; learned position embedding, trunc-normal std 0.02; pre-LN transformer.
-* Output (google ``MlmLayer``; valeoai ``last_layer`` alike): Linear -> GELU -> LayerNorm, then
-  logits tied to the token embedding, ``x @ E[:vocab_size].T + bias``; only the codebook entries
-  are scored, so sampling never returns the mask id.
+* Network: valeoai/Maskgit-pytorch v1 ``Network/transformer.py`` (``MaskTransformer``), the one
+  reference followed for the whole network (google's is a post-LN BERT whose embedding goes
+  through a LayerNorm + dropout instead; its training loop is not public). Input: one embedding
+  table holding the ``vocab_size`` codes, the mask token (id ``vocab_size``) and
+  ``num_classes + 1`` class tokens (the last one = the dropped / unconditional class, id
+  ``num_classes``); the class token is appended after the h*w image tokens; learned position
+  embedding, trunc-normal std 0.02; then valeoai's ``first_layer`` (LayerNorm, dropout, Linear,
+  GELU, LayerNorm, dropout, Linear; LayerNorm eps 1e-12) before the pre-LN blocks (attention
+  dropout on the weights, MLP dropout after GELU and after the MLP; no final LayerNorm).
+* Output: valeoai's ``last_layer`` (LayerNorm, dropout, Linear, GELU, LayerNorm), then logits
+  tied to the token embedding plus a bias per position and code,
+  ``x @ E[:vocab_size].T + bias``. valeoai also scores the mask id (and the class rows, sliced
+  away); here only the codebook entries are scored, so sampling never returns the mask id.
 * Schedule: ``cosine``, mask_ratio(r) = cos(pi/2 r), clipped to [1e-6, 1] (google
   ``libml/mask_schedule.py``; the MaskGIT paper's choice, and valeoai's ``cosine`` mode). The
   same formula sets the training mask ratio and the decoding schedule. ``arccos``
@@ -136,7 +142,7 @@ class Block(nn.Module):
         b, n, d = x.shape
         q, k, v = self.qkv(self.ln1(x)).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         a = F.scaled_dot_product_attention(q, k, v, dropout_p=self.p if self.training else 0.0)
-        x = x + self.drop(self.proj(a.transpose(1, 2).reshape(b, n, d)))
+        x = x + self.proj(a.transpose(1, 2).reshape(b, n, d))  # nn.MultiheadAttention alike
         return x + self.drop(self.mlp(self.ln2(x)))
 
 
@@ -147,13 +153,18 @@ class MaskGIT(nn.Module):
         self.mask_id = cfg.vocab_size
         self.class_offset = cfg.vocab_size + 1  # class c -> row vocab_size + 1 + c
         n_rows = cfg.vocab_size + 1 + cfg.num_classes + 1
-        self.tok_emb = nn.Embedding(n_rows, cfg.width)
-        self.pos_emb = nn.Parameter(torch.zeros(1, cfg.num_tokens + 1, cfg.width))
-        self.emb_drop = nn.Dropout(cfg.dropout)
+        w, p = cfg.width, cfg.dropout
+        self.tok_emb = nn.Embedding(n_rows, w)
+        self.pos_emb = nn.Parameter(torch.zeros(1, cfg.num_tokens + 1, w))
+        # valeoai v1 first_layer / last_layer (module docstring)
+        self.first_layer = nn.Sequential(
+            nn.LayerNorm(w, eps=1e-12), nn.Dropout(p), nn.Linear(w, w), nn.GELU(),
+            nn.LayerNorm(w, eps=1e-12), nn.Dropout(p), nn.Linear(w, w))
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
-        self.ln_f = nn.LayerNorm(cfg.width)
-        self.head = nn.Sequential(nn.Linear(cfg.width, cfg.width), nn.GELU(), nn.LayerNorm(cfg.width))
-        self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+        self.last_layer = nn.Sequential(
+            nn.LayerNorm(w, eps=1e-12), nn.Dropout(p), nn.Linear(w, w), nn.GELU(),
+            nn.LayerNorm(w, eps=1e-12))
+        self.bias = nn.Parameter(torch.zeros(cfg.num_tokens, cfg.vocab_size))
         self.apply(self._init)
         nn.init.trunc_normal_(self.pos_emb, std=0.02)
 
@@ -175,10 +186,10 @@ class MaskGIT(nn.Module):
         ``num_classes`` -> (B, L, vocab_size) logits over the codebook entries."""
         self._check_labels(labels, allow_uncond=True)
         x = torch.cat([tokens, (labels + self.class_offset)[:, None]], dim=1)
-        x = self.emb_drop(self.tok_emb(x) + self.pos_emb)
+        x = self.first_layer(self.tok_emb(x) + self.pos_emb)
         for blk in self.blocks:
             x = blk(x)
-        x = self.head(self.ln_f(x[:, :-1]))
+        x = self.last_layer(x[:, :-1])
         return x @ self.tok_emb.weight[: self.cfg.vocab_size].T + self.bias
 
     def drop_labels(self, labels: Tensor) -> Tensor:

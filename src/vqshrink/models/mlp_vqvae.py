@@ -28,6 +28,7 @@ class MLPVQVAEConfig:
     codebook_size: int = 128
     beta: float = 0.25
     ema_decay: float | None = 0.9
+    ema_smoothing: str = "none"  # "none" (older paper eq. 3-5) or "laplace" (taming)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -59,7 +60,8 @@ class MLPVQVAE(nn.Module):
         self.encoder = mlp([cfg.input_dim, h_enc, h_enc, cfg.token_dim])
         self.decoder = mlp([cfg.token_dim, cfg.hidden, cfg.hidden, cfg.input_dim])
         self.quantizer = VectorQuantizer(
-            cfg.codebook_size, cfg.token_dim, beta=cfg.beta, ema_decay=cfg.ema_decay
+            cfg.codebook_size, cfg.token_dim, beta=cfg.beta, ema_decay=cfg.ema_decay,
+            ema_smoothing=cfg.ema_smoothing,
         )
 
     def forward(self, x: Tensor, *, quantize: bool = True) -> Reconstruction:

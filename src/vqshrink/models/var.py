@@ -26,6 +26,9 @@ code, not a copy.
   Linear: the gamma rows x init_adaln_gamma, the scale/shift rows x init_adaln; the attention
   output projection and the second FFN layer / sqrt(2 depth).
 - Block-causal mask: a token of scale i attends to every token of the scales <= i.
+- Optimiser (``train.py``, ``utils/lr_control.py`` ``filter_params``): AdamW weight decay on
+  every matrix except the position / level embeddings and the attention scale
+  (:attr:`VAR.NO_WEIGHT_DECAY`; the generator stage's ``param_groups``).
 - Loss (``trainer.py``): cross-entropy over all L tokens with uniform weight (label smoothing 0.0
   by default); in training the class label is replaced by the unconditional id with p = 0.1.
 - Sampling (``autoregressive_infer_cfg``): scale by scale with a KV cache over a batch doubled
@@ -198,6 +201,12 @@ class AdaLNHead(nn.Module):
 
 
 class VAR(nn.Module):
+    # No weight decay on these (and on every bias / 1-D parameter): VAR train.py's nowd_keys
+    # for filter_params (utils/lr_control.py) that exist here: pos_1LC (here ``pos``),
+    # pos_start, lvl_embed, scale_mul. Its other keys (cls_token, gamma, beta, ...) name
+    # parameters this model does not have; class_emb and word_embed ARE decayed, as in VAR.
+    NO_WEIGHT_DECAY = ("pos", "pos_start", "lvl_embed", "scale_mul")
+
     def __init__(self, cfg: VARConfig, quantizer: MultiScaleQuantizer) -> None:
         super().__init__()
         if tuple(quantizer.patch_nums) != tuple(cfg.patch_nums):

@@ -12,12 +12,16 @@ layer" (ICCV 2025); facts from youngsheen/SimVQ ``taming/modules/vqvae/quantize.
 Unlike the reference repo, ``lookup`` decodes THROUGH the projection: the repo's
 ``get_codebook_entry`` returns the raw frozen C rows, which is wrong for decoding tokens.
 
-k-means initialisation (Deferred Quantization, paper Sec. 5): ``init_codebook(centroids)``
-sets C := centroids, W := identity, b := 0, so W(C) equals the centroids exactly when VQ
-training starts; C then stays frozen and only W (and b) move, as in SimVQ. The alternative
-(keep C random and fit W by least squares) cannot reproduce K >> D centroids exactly, so the
-k-means codebook would be distorted before the first step. The repo's own init,
-N(0, D^-1/2), is what the module holds until ``init_codebook`` is called.
+k-means initialisation (Deferred Quantization, paper Sec. 5; how the paper injects the
+centroids into SimVQ is not said). ``init_codebook(centroids, mode=...)``:
+- ``"identity"`` (default): C := centroids, W := identity, b := 0, so W(C) equals the
+  centroids exactly when VQ training starts; C then stays frozen and only W (and b) move, as
+  in SimVQ.
+- ``"lstsq"``: C keeps its random N(0, D^-1/2) rows and (W, b) is the least-squares fit of
+  W(C) to the centroids, min sum_k ||W c_k + b - mu_k||^2. With K >> D this cannot reproduce
+  the centroids: W(C) is an affine image of a Gaussian cloud with roughly the centroids'
+  mean and covariance, so which embeddings the k-means saw matters much less.
+The repo's own init, N(0, D^-1/2), is what the module holds until ``init_codebook`` is called.
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ from torch import Tensor, nn
 
 from vqshrink.quantizers.search import nearest_code
 from vqshrink.quantizers.vq import VQOutput, check_init_shape
+
+
+SIMVQ_INIT = ("identity", "lstsq")
 
 
 def perplexity(indices: Tensor, codebook_size: int) -> Tensor:
@@ -53,13 +60,24 @@ class ProjectedCodebook:
         return self.proj(self.frozen_codebook)
 
     @torch.no_grad()
-    def init_codebook(self, centroids: Tensor, counts: Tensor | None = None) -> None:
-        """C := centroids, W := I, b := 0, so that W(C) == centroids. ``counts`` is unused
-        (no EMA statistics), accepted for the VectorQuantizer interface."""
+    def init_codebook(self, centroids: Tensor, counts: Tensor | None = None, *,
+                      mode: str = "identity") -> None:
+        """``identity``: C := centroids, W := I, b := 0, so that W(C) == centroids;
+        ``lstsq``: C stays, (W, b) fit W(C) to the centroids by least squares (module doc).
+        ``counts`` is unused (no EMA statistics), accepted for the VectorQuantizer interface."""
         check_init_shape(centroids, self.frozen_codebook.shape)
-        self.frozen_codebook.copy_(centroids)
-        self.proj.weight.copy_(torch.eye(self.dim))
-        self.proj.bias.zero_()
+        if mode == "identity":
+            self.frozen_codebook.copy_(centroids)
+            self.proj.weight.copy_(torch.eye(self.dim))
+            self.proj.bias.zero_()
+        elif mode == "lstsq":
+            c = self.frozen_codebook.double()
+            design = torch.cat([c, torch.ones(len(c), 1, dtype=c.dtype)], dim=1)  # (K, D + 1)
+            sol = torch.linalg.lstsq(design, centroids.double().cpu()).solution  # (D + 1, D)
+            self.proj.weight.copy_(sol[:-1].T)
+            self.proj.bias.copy_(sol[-1])
+        else:
+            raise ValueError(f"SimVQ init mode must be one of {SIMVQ_INIT}, got {mode!r}")
 
 
 class SimVQ(ProjectedCodebook, nn.Module):

@@ -8,9 +8,14 @@ Codebook update, one of:
 - EMA statistics (``ema_decay`` set; older version eq. 3-5, van den Oord et al. 2017):
   per token the running sum M_k and count L_k of the embeddings assigned to it,
   M_k <- g M_k + (1 - g) m_k, L_k <- g L_k + (1 - g) l_k, t_k = M_k / L_k.
-  No Laplace smoothing: a token that is never picked keeps its position (the ratio
-  M_k / L_k of two equally decaying numbers), instead of drifting to the origin as the
-  smoothed variant makes it do. Under DDP, m_k and l_k are summed over ranks.
+  No Laplace smoothing by default (``ema_smoothing="none"``): a token that is never picked
+  keeps its position (the ratio M_k / L_k of two equally decaying numbers). Under DDP,
+  m_k and l_k are summed over ranks.
+  ``ema_smoothing="laplace"`` (CompVis/taming-transformers ``EmbeddingEMA.weight_update``,
+  lucidrains/vector-quantize-pytorch ``laplace_smoothing``, eps 1e-5): every token becomes
+  t_k = M_k / L~_k with L~_k = (L_k + eps) / (sum_j L_j + K eps) * sum_j L_j. A token that
+  is never picked then drifts to the origin once its L_k decays below eps: the dead tokens
+  pile up at 0, which lowers the codebook's pairwise distance (a shrinkage of its own).
 - a learned codebook (``ema_decay=None``): the codebook loss ||sg(z) - t_k||^2 is added.
 """
 
@@ -23,6 +28,9 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from vqshrink.quantizers.search import nearest_code
+
+
+EMA_SMOOTHING = ("none", "laplace")
 
 
 class VQOutput(NamedTuple):
@@ -48,7 +56,8 @@ class VectorQuantizer(nn.Module):
         *,
         beta: float = 0.25,  # commitment weight (VQ-VAE; App. A.1 of the paper)
         ema_decay: float | None = 0.9,  # gamma of eq. 3-4; None = learn the codebook by loss
-        eps: float = 1e-5,  # counts below this leave a token where it is
+        eps: float = 1e-5,  # counts below this leave a token where it is; Laplace's eps
+        ema_smoothing: str = "none",  # "none" (older paper eq. 3-5) or "laplace" (taming)
         memory_budget_mb: float = 64.0,  # cap on the distance block of the nearest search
     ) -> None:
         super().__init__()
@@ -57,6 +66,9 @@ class VectorQuantizer(nn.Module):
         self.beta = beta
         self.ema_decay = ema_decay
         self.eps = eps
+        if ema_smoothing not in EMA_SMOOTHING:
+            raise ValueError(f"ema_smoothing must be one of {EMA_SMOOTHING}, got {ema_smoothing!r}")
+        self.ema_smoothing = ema_smoothing
         self.memory_budget_mb = memory_budget_mb
         init = torch.randn(codebook_size, dim) * dim**-0.5
         if ema_decay is None:
@@ -105,5 +117,10 @@ class VectorQuantizer(nn.Module):
         g = self.ema_decay
         self.ema_sum.mul_(g).add_(m, alpha=1 - g)
         self.ema_count.mul_(g).add_(n, alpha=1 - g)
+        if self.ema_smoothing == "laplace":
+            total = self.ema_count.sum()
+            smoothed = (self.ema_count + self.eps) / (total + self.codebook_size * self.eps) * total
+            self.codebook.copy_(self.ema_sum / smoothed[:, None])
+            return
         alive = self.ema_count > self.eps
         self.codebook[alive] = self.ema_sum[alive] / self.ema_count[alive, None]

@@ -152,10 +152,19 @@ def step_seed(seed: int, step: int, rank: int) -> int:
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices only, not on biases, norms and gains (nanoGPT, VAR)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    return [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
-            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    """Weight decay on matrices only, not on biases, norms and gains (nanoGPT, VAR), nor on
+    the parameters a model names in ``NO_WEIGHT_DECAY`` (a parameter is exempt when one of
+    the dot-separated parts of its name is listed; VAR: position / level embeddings and the
+    attention scale, as VAR ``utils/lr_control.py`` ``filter_params``)."""
+    exempt_names = set(getattr(model, "NO_WEIGHT_DECAY", ()))
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        exempt = p.ndim < 2 or name.endswith("bias") or exempt_names & set(name.split("."))
+        (no_decay if exempt else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
 
 
 # =============================================================================== training

@@ -58,7 +58,7 @@ def table(*, metrics: list[str], records: list[str], paper: str, table: str, set
         row["generator"] = spec["generator"]
         if t_path is not None:
             row.update(tokenizer_columns(load_json(t_path)["metrics"], spec, paper_rows,
-                                         deferred))
+                                         deferred, settings["table"]))
         for metric, key in GENERATION_METRICS.items():
             row[key] = m[key]
             row[f"paper_{key}"] = paper_value(paper_rows, spec, deferred, metric)

@@ -42,7 +42,7 @@ from vqshrink.training import (
 log = logging.getLogger(__name__)
 
 MODEL_KEYS = ("input_dim", "token_dim", "hidden", "encoder_hidden", "codebook_size", "beta",
-              "ema_decay")
+              "ema_decay", "ema_smoothing")
 
 
 def model_config(settings: dict) -> MLPVQVAEConfig:
@@ -188,7 +188,13 @@ def encode(net: MLPVQVAE, x: torch.Tensor) -> torch.Tensor:
 @stage
 def init_codebook(*, data: str, init: str, embeddings: str, record: str, settings: dict,
                   preset: str, ae: str | None = None) -> None:
-    """k-means codebook on the encoder's embeddings: untrained (baseline) or pretrained (``ae``)."""
+    """k-means codebook on the encoder's embeddings: untrained (baseline) or pretrained (``ae``).
+
+    The sample is the first ``kmeans_points`` points of the VQ phase's first shuffled epoch
+    (``_fit`` draws its epochs from a generator seeded the same way), so ``kmeans_points ==
+    batch_size`` clusters exactly the first training batch, as SoundStream does; the whole
+    data set is the other option (config ``synthetic.kmeans_points``).
+    """
     seed_everything(settings["seed"])
     net = MLPVQVAE(model_config(settings))
     if ae is not None:
@@ -198,7 +204,7 @@ def init_codebook(*, data: str, init: str, embeddings: str, record: str, setting
     pick = torch.randperm(len(x), generator=torch.Generator().manual_seed(settings["seed"]))[:n]
     z = encode(net, x[pick])
     km = kmeans(z, settings["codebook_size"], iters=settings["kmeans_iters"],
-                seed=settings["seed"])
+                init=settings["kmeans_init"], seed=settings["seed"])
     # The EMA statistics start as if the k-means clusters were one batch's assignments.
     counts = km.counts.float() * settings["batch_size"] / n
     net.quantizer.init_codebook(km.centroids, counts)

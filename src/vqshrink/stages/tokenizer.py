@@ -53,6 +53,7 @@ from vqshrink.metrics import fid as fidm
 from vqshrink.models.cifar_vqvae import CifarVQVAE, CifarVQVAEConfig
 from vqshrink.models.losses import TokenizerLoss
 from vqshrink.models.vqgan import Tokenizer, VQGANConfig
+from vqshrink.quantizers.simvq import ProjectedCodebook
 from vqshrink.stages import stage
 from vqshrink.training import (
     ResumableState,
@@ -553,7 +554,9 @@ def init_codebook(*, data: str, init: str, embeddings: str, record: str, setting
     # EMA codebooks start as if the k-means clusters were one training batch's assignments.
     tokens_per_batch = settings["batch_size"] * per_image
     counts = km.counts.float().cpu() * tokens_per_batch / count
-    net.cpu().quantizer.init_codebook(km.centroids.cpu(), counts)
+    # SimVQ: how the centroids enter W(C) (tokenizers.simvq_init; quantizers/simvq.py)
+    how = {"mode": settings["simvq_init"]} if isinstance(net.quantizer, ProjectedCodebook) else {}
+    net.cpu().quantizer.init_codebook(km.centroids.cpu(), counts, **how)
     encoder = "pretrained" if ae else "untrained"
     log.info("k-means on %d embeddings (%d images, %d batches) of the %s encoder into %d codes: "
              "inertia %.4g, %d empty clusters", count, n_images, n_batches, encoder, k,

@@ -15,12 +15,19 @@ How the paper scales MSE and LPIPS (worked out from its numbers; the paper does 
   on [0, 1] they would mean 13-17 dB (blurrier than any usable tokenizer); as raw values,
   worse than predicting grey. Columns: ``mse`` (raw, [-1, 1]), ``mse_x100`` and
   ``paper_mse_x100``.
-- LPIPS is printed x 10: ImageNet-100 values 1.19-2.70 become 0.12-0.27, the usual range of
-  reconstruction LPIPS at this compression; x 100 would give 0.012-0.027, far below any
-  16x16-token tokenizer. ODIR's 6.79-9.39 (Tables 5, 10) then mean 0.68-0.94: high, but
-  fundus photographs are mostly black background, where LPIPS's per-position
-  unit-normalised features amplify small differences. Columns: ``lpips`` (raw),
-  ``lpips_x10`` and ``paper_lpips_x10``.
+- LPIPS: no single factor fits every table, so the scale is per table
+  (``LPIPS_SCALE_BY_TABLE``), the one its printed numbers fit:
+  - x 10 for Tables 2, 3, 9 (ImageNet-100) and 11 (ODIR, MaskGIT): ImageNet-100's 1.19-2.70
+    become 0.12-0.27, the usual reconstruction LPIPS of a 16x16-token tokenizer at 128 px
+    (x 100 would give 0.012-0.027, far below any such tokenizer); Table 11's 0.90-1.30 become
+    0.09-0.13, below ImageNet-100's MaskGIT (0.23-0.27) as ODIR's lower MSE suggests.
+  - x 100 for Tables 5 and 10 (ODIR, VAR): 6.79-9.39 become 0.068-0.094. At x 10 they would
+    be 0.68-0.94, seven times Table 11's ODIR MaskGIT LPIPS although ODIR VAR's MSE is lower
+    than ODIR MaskGIT's (2.05-2.66 vs 3.16-4.64) and VAR's LPIPS is below MaskGIT's on
+    ImageNet-100 (Table 3); x 100 keeps both orderings.
+  The scale is our reading, not the paper's statement. Columns: ``lpips`` (raw),
+  ``lpips_scale`` (the table's factor), ``lpips_scaled`` (raw x factor) and
+  ``paper_lpips_scaled`` (the paper's number as printed).
 - r-FID, Euclidean distance and perplexity are printed as they are.
 """
 
@@ -42,15 +49,26 @@ from vqshrink.stages.synthetic_report import COLORS, save_csv, save_figure  # no
 log = logging.getLogger(__name__)
 
 MSE_SCALE = 100.0  # paper's MSE = 100 x MSE of images in [-1, 1] (module docstring)
-LPIPS_SCALE = 10.0  # paper's LPIPS = 10 x LPIPS (module docstring)
-# paper_tables.csv metric name -> (our raw key, scale the paper prints, column stem)
+# The factor each table's printed LPIPS fits (module docstring): table -> scale
+LPIPS_SCALE_BY_TABLE = {"2": 10.0, "3": 10.0, "9": 10.0, "11": 10.0, "5": 100.0, "10": 100.0}
+# paper_tables.csv metric name -> (our raw key, scale the paper prints, column stem); a
+# scale of None is per table (LPIPS)
 PAPER_METRICS = {
     "r-FID": ("rfid", 1.0, "rfid"),
     "MSE": ("mse", MSE_SCALE, "mse_x100"),
-    "LPIPS": ("lpips", LPIPS_SCALE, "lpips_x10"),
+    "LPIPS": ("lpips", None, "lpips_scaled"),
     "Euc": ("euclidean", 1.0, "euclidean"),
     "Perp": ("perplexity", 1.0, "perplexity"),
 }
+
+
+def lpips_scale(table: str) -> float:
+    """The factor the paper's printed LPIPS of ``table`` fits (LPIPS_SCALE_BY_TABLE)."""
+    try:
+        return LPIPS_SCALE_BY_TABLE[str(table)]
+    except KeyError:
+        raise ValueError(f"no LPIPS scale for table {table!r}; known tables: "
+                         f"{sorted(LPIPS_SCALE_BY_TABLE, key=int)}") from None
 YES_NO = {True: "yes", False: "no"}
 SCHEDULE_LABEL = {"baseline": "w/o Deferred", "deferred": "w/ Deferred"}
 
@@ -77,11 +95,15 @@ def paper_value(paper: pd.DataFrame, spec: dict, deferred: bool, metric: str) ->
                   gan=spec["gan"], deferred=deferred, metric=metric)
 
 
-def tokenizer_columns(m: dict, spec: dict, paper: pd.DataFrame, deferred: bool) -> dict:
-    """A tokenizer's metrics (``metrics.json``) beside the paper's, scaled as printed."""
+def tokenizer_columns(m: dict, spec: dict, paper: pd.DataFrame, deferred: bool,
+                      table: str) -> dict:
+    """A tokenizer's metrics (``metrics.json``) beside the paper's, scaled as ``table``
+    prints them."""
     row = {}
     for metric, (key, scale, stem) in PAPER_METRICS.items():
         value = m.get(key)
+        if scale is None:
+            scale = row[f"{key}_scale"] = lpips_scale(table)
         if scale != 1.0:
             row[key] = value
         row[stem] = None if value is None else value * scale
@@ -124,7 +146,7 @@ def table_rows(metrics: list[str], records: list[str], tokens: list[str], paper_
         rec = load_json(r_path)
         row = row_labels(settings, spec, preset)
         row.update(tokenizer_columns(load_json(m_path)["metrics"], spec, paper,
-                                     spec["schedule"] == "deferred"))
+                                     spec["schedule"] == "deferred", settings["table"]))
         row.update({
             "checkpoint": rec.get("checkpoint"),
             "epochs_run": rec.get("epochs_run"),
