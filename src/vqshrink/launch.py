@@ -421,7 +421,13 @@ def _stage_name(stage: Stage) -> str:
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident memory, MB (Linux reports KiB)."""
+    """This process's peak resident memory in MB: VmHWM, which starts afresh with the
+    program (getrusage's ru_maxrss carries over the peak of the parent that forked it:
+    Snakemake, with torch loaded)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
