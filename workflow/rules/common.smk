@@ -49,8 +49,8 @@ workflow.localrules(*vqlaunch.LOCAL_RULES)
 
 
 def stage_params(stage):
-    """A rule's stage and a fingerprint of the code it runs (vqshrink.code_version): a
-    code change reruns the stages running that code and their dependents, nothing else."""
+    """A rule's stage and a fingerprint of the code it runs (vqshrink.code_version):
+    a code change reruns the stages running that code and their dependents only."""
     return {"stage": stage, "code": code_version(stage)}
 
 
