@@ -19,7 +19,7 @@ resources (``gpu``, ``cpus_per_task``, ``mem_mb``, ``runtime``, ``slurm_partitio
 Stages must be module-level functions of the package, so that they pickle by
 reference and import on the compute node. Given by name, a stage is imported only where it
 runs: a process that waits on a SLURM job never imports torch or the stage modules, so each
-waiting rule costs the login node about 40 MB (printed when its job ends).
+waiting rule costs the login node about 30 MB (printed when its job ends).
 
 Where a rule runs is decided in one place, :func:`placement`: the rules in
 :data:`LOCAL_RULES` (tables, figures, the weight download, tiny data steps) always run on
