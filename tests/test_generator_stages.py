@@ -349,7 +349,7 @@ def test_paper_plan_through_the_slurm_profile_requests_paper_resources(tmp_path)
     repo = copy_repo(tmp_path)
     fake = fake_sources(tmp_path / "fake")
     proc = snakemake("-n", "results/tables/table4.csv", "--profile", "slurm", "--configfile",
-                     "config.yaml", "slurm/launcher.yaml", str(fake), cwd=repo)
+                     str(fake), cwd=repo)
     out = proc.stdout
     cfg = yaml.safe_load((ROOT / "config.yaml").read_text())["generators"]["resources"]
     blocks = re.split(r"\n(?=rule |localrule )", out)

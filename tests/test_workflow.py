@@ -76,11 +76,11 @@ def test_generation_targets_dry_run(preset, tmp_path):
 def test_slurm_profile_dry_run_uses_the_slurm_launcher(tmp_path):
     repo = copy_repo(tmp_path)
     proc = snakemake("-n", "--profile", "slurm", "results/tables/synthetic.csv", cwd=repo)
-    assert "synthetic_train_vq" in proc.stdout
-    # the profile's launcher file is layered over config.yaml, --config still works on top
-    proc = snakemake("-n", "--profile", "slurm", "--config", "preset=demo",
-                     "--printshellcmds", "results/tables/synthetic.csv", cwd=repo)
-    assert proc.returncode == 0
+    assert "synthetic_train_vq" in proc.stdout and "launcher=slurm" in proc.stdout
+    # the profile's launcher is a default resource: --config does not drop it
+    proc = snakemake("-n", "--profile", "slurm", "--printshellcmds",
+                     "results/tables/synthetic.csv", "--config", "preset=demo", cwd=repo)
+    assert proc.returncode == 0 and "launcher=slurm" in proc.stdout
 
 
 def test_env_files_parse_and_name_every_runtime_dependency():

@@ -8,10 +8,13 @@ from snakemake.exceptions import WorkflowError
 # The package is imported from this repository's src/ (installed or not).
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from vqshrink import config as vqconfig
+from vqshrink import launch as vqlaunch
+from vqshrink.code_version import code_version
 
-# Apply the preset overlay and validate the result before any rule is built.
-_resolved = vqconfig.resolve(
-    config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
+# Layer config.yaml < preset < --configfile files < --config and validate the result,
+# before any rule is built (vqshrink.config.layered_config).
+_resolved = vqconfig.layered_config(
+    workflow, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
 )
 config.clear()
 config.update(_resolved)
@@ -43,6 +46,17 @@ PRESET = config["preset"]
 SYN = config["synthetic"]
 STAGE_SCRIPT = "../scripts/stage.py"
 ENV = "../../envs/vqshrink.yaml"
+
+# Where rules run is decided in one place (vqshrink.launch.placement): these rules (tables,
+# figures, the weight download, tiny data steps) run on the submitting machine under every
+# launcher and executor (what the `localrules:` directive does); every other rule is a job.
+workflow.localrules(*vqlaunch.LOCAL_RULES)
+
+
+def stage_params(stage):
+    """A rule's stage and a fingerprint of the code it runs (vqshrink.code_version):
+    a code change reruns the stages running that code and their dependents only."""
+    return {"stage": stage, "code": code_version(stage)}
 
 
 # ---------------------------------------------------------------- paths

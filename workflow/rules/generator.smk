@@ -8,12 +8,6 @@ wildcard_constraints:
     group="|".join(CURVE_METRICS),
 
 
-localrules:
-    generator_table,
-    fig5,
-    training_curves,
-
-
 rule generator_train:
     """A class-conditional generator on a tokenizer's train tokens (val tokens: plateau and
     early stopping)."""
@@ -36,7 +30,7 @@ rule generator_train:
     resources:
         **gen_resources("train"),
     params:
-        stage="generator.train",
+        **stage_params("generator.train"),
         settings=gen_train_settings,
         preset=PRESET,
         state_dir=gen_state,
@@ -63,7 +57,7 @@ rule generator_sample:
     resources:
         **gen_resources("sample"),
     params:
-        stage="generator.sample",
+        **stage_params("generator.sample"),
         settings=gen_sample_settings,
         preset=PRESET,
     script:
@@ -86,7 +80,7 @@ rule generator_eval:
     resources:
         **gen_resources("eval"),
     params:
-        stage="generator.evaluate",
+        **stage_params("generator.evaluate"),
         settings=gen_eval_settings,
         preset=PRESET,
         weights=True,
@@ -112,10 +106,9 @@ rule generator_table:
     conda:
         ENV
     params:
-        stage="generator_report.table",
+        **stage_params("generator_report.table"),
         settings=gen_table_settings,
         preset=PRESET,
-        launcher="local",
     script:
         STAGE_SCRIPT
 
@@ -136,7 +129,7 @@ rule fig5:
     conda:
         ENV
     params:
-        stage="generator_report.fig5",
+        **stage_params("generator_report.fig5"),
         settings={
             "panels": fig5_panels(),
             "generator": GEN["models"][GEN["fig5"]["generator"]]["paper_model"],
@@ -144,7 +137,6 @@ rule fig5:
             "per_class": GEN["fig5"]["per_class"],
         },
         preset=PRESET,
-        launcher="local",
     script:
         STAGE_SCRIPT
 
@@ -167,7 +159,7 @@ rule training_curves:
     conda:
         ENV
     params:
-        stage="generator_report.curves",
+        **stage_params("generator_report.curves"),
         settings=lambda w: {
             "title": f"{w.group} on {w.dataset}",
             "runs": [
@@ -177,6 +169,5 @@ rule training_curves:
             "metrics": CURVE_METRICS[w.group],
         },
         preset=PRESET,
-        launcher="local",
     script:
         STAGE_SCRIPT

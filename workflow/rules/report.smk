@@ -1,11 +1,4 @@
-# Tables and figures: small, run on the submitting machine.
-
-
-localrules:
-    synthetic_table,
-    embeddings_collapse,
-    fig2,
-    fig3_fig6,
+# Tables and figures: small, run on the submitting machine (LOCAL_RULES, common.smk).
 
 
 rule synthetic_table:
@@ -27,7 +20,7 @@ rule synthetic_table:
     conda:
         ENV
     params:
-        stage="synthetic_report.tables",
+        **stage_params("synthetic_report.tables"),
         settings={},
         preset=PRESET,
     script:
@@ -54,7 +47,7 @@ rule embeddings_collapse:
     conda:
         ENV
     params:
-        stage="synthetic_report.embeddings_collapse",
+        **stage_params("synthetic_report.embeddings_collapse"),
         settings={"figure_seed": SYN["figure_seed"]},
         preset=PRESET,
     script:
@@ -80,7 +73,7 @@ rule fig2:
     conda:
         ENV
     params:
-        stage="synthetic_report.fig2",
+        **stage_params("synthetic_report.fig2"),
         settings={"input_dims": SYN["input_dims"]},
         preset=PRESET,
     script:
@@ -129,7 +122,7 @@ rule fig3_fig6:
     conda:
         ENV
     params:
-        stage="synthetic_report.fig3_fig6",
+        **stage_params("synthetic_report.fig3_fig6"),
         settings={},
         preset=PRESET,
     script:

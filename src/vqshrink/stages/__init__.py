@@ -9,7 +9,6 @@ by reference. ``@stage`` gives each one the same frame: logging into the rule's 
 from __future__ import annotations
 
 import functools
-import importlib
 import logging
 import os
 import sys
@@ -60,12 +59,3 @@ def stage(fn: Callable) -> Callable:
         return result
 
     return run
-
-
-def resolve(name: str) -> Callable:
-    """``"synthetic.train_vq"`` -> ``vqshrink.stages.synthetic.train_vq``."""
-    module, _, attr = name.rpartition(".")
-    try:
-        return getattr(importlib.import_module(f"vqshrink.stages.{module}"), attr)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"unknown stage {name!r}: {err}") from err
