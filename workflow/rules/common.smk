@@ -180,6 +180,7 @@ def collapse_runs():
 import functools
 import re
 
+from vqshrink import prerequisites as vqprereq
 from vqshrink import weights as vqweights
 
 DATASETS = config["datasets"]
@@ -211,14 +212,15 @@ def used_dataset(paper_dataset):
 
 
 def check_dataset_sources(dataset):
-    """A dataset whose source path is null stops the run before any job, naming the key."""
-    for key, what in DATASET_SOURCES[dataset].items():
-        if DATASETS[dataset][key] is None:
-            raise WorkflowError(
-                f"dataset {dataset} is needed by the requested targets, but config key "
-                f"datasets.{dataset}.{key} is null: set it (in config.yaml or a file given "
-                f"with --configfile) to {what}"
-            )
+    """A dataset whose source path is null stops the run before any job (see
+    stop_for_prerequisites)."""
+    null = [k for k in DATASET_SOURCES[dataset] if DATASETS[dataset][k] is None]
+    if null:
+        stop_for_prerequisites(
+            f"dataset {dataset} is needed by the requested targets, but "
+            + ", ".join(f"datasets.{dataset}.{k}" for k in null)
+            + " is null"
+        )
 
 
 def get_dataset_sources(w):
@@ -261,26 +263,50 @@ def get_fid_classifier(w):
 
 @functools.cache
 def _missing_weights(fid, lpips_net):
-    try:
-        vqweights.check_weights(
-            fid=fid, lpips_net=lpips_net, cache_dir=METRICS["weights_dir"]
-        )
-    except vqweights.MissingWeightsError as err:
-        return str(err)
-    return None
+    return vqweights.missing_weights(fid, lpips_net, METRICS["weights_dir"])
 
 
 def require_weights(w, *, fid=False, lpips_net=None):
     """Stop the DAG (before any job) when the job's dataset has no source path, or when
-    pretrained weights it needs are missing (named with URL and target path)."""
+    pretrained weights it needs are missing (see stop_for_prerequisites)."""
     check_dataset_sources(w.dataset)
-    message = _missing_weights(fid, lpips_net)
-    if message:
-        raise WorkflowError(
-            f"{message}\nWith this workflow: `snakemake -c1 fetch_weights` where there is "
-            "internet, into the cache set by config key metrics.weights_dir."
+    missing = _missing_weights(fid, lpips_net)
+    if missing:
+        stop_for_prerequisites(
+            "the requested targets need pretrained weights that are not on disk: "
+            + ", ".join(f.name for f in missing)
         )
     return {}
+
+
+def datasets_needed_by():
+    """Dataset actually used -> the paper targets that read it (for the message below)."""
+    uses = [(t["dataset"], f"results/tables/{n}.csv") for n, t in TOK["tables"].items()]
+    uses += [
+        (t["dataset"], f"results/tables/{n}.csv") for n, t in GEN["tables"].items()
+    ]
+    uses += [(SWEEP["dataset"], "results/figures/fig4.png")]
+    uses += [(d, "results/figures/fig5.png") for d in GEN["fig5"]["datasets"]]
+    needed = {}
+    for paper_dataset, target in uses:
+        needed.setdefault(used_dataset(paper_dataset), []).append(target)
+    return needed
+
+
+def stop_for_prerequisites(reason):
+    """Stop Snakemake with one message naming everything the configured experiments still
+    lack from the user (every null dataset key, every missing weight file with URL and
+    target path, the one fetch command), not just what stopped this run."""
+    keys = vqprereq.missing_dataset_keys(
+        DATASETS, DATASET_SOURCES, datasets_needed_by()
+    )
+    need = weights_to_fetch()
+    files = vqprereq.missing_weight_files(
+        need["fid"], need["lpips_nets"], METRICS["weights_dir"]
+    )
+    raise vqprereq.PrerequisitesMissing(
+        vqprereq.message(reason, keys, files, METRICS["weights_dir"], PRESET)
+    )
 
 
 def get_ref_weights(w):

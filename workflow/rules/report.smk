@@ -74,7 +74,7 @@ rule fig2:
         ENV
     params:
         **stage_params("synthetic_report.fig2"),
-        settings={"input_dims": SYN["input_dims"]},
+        settings={"input_dims": SYN["input_dims"], "token_dims": SYN["token_dims"]},
         preset=PRESET,
     script:
         STAGE_SCRIPT

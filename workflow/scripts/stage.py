@@ -21,6 +21,7 @@ sys.path.insert(0, SRC)
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p)
 
 from vqshrink.launch import launch_from_snakemake  # noqa: E402
+from vqshrink.errors import PlainError  # noqa: E402 (no torch: safe on the waiting side)
 
 params = dict(sm.params.items())
 kwargs = {**dict(sm.input.items()), **dict(sm.output.items())}
@@ -31,4 +32,8 @@ if params.get("weights"):  # where pretrained metric weights live (moving it rer
     kwargs["weights_dir"] = sm.config["metrics"]["weights_dir"]
 kwargs["log"] = sm.log[0]
 kwargs["threads"] = sm.threads
-launch_from_snakemake(sm, params["stage"], kwargs)
+try:
+    launch_from_snakemake(sm, params["stage"], kwargs)
+except PlainError as err:  # its message (logged in full) says what to do: no traceback
+    sys.exit(f"stage {params['stage']} failed: {str(err).splitlines()[0]}\n"
+             f"(the whole message is above and in {sm.log[0]})")

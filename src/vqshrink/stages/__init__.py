@@ -20,6 +20,12 @@ import torch
 
 log = logging.getLogger("vqshrink")
 
+# Errors whose message says what happened and what to do: logged and shown without a
+# traceback (workflow/scripts/stage.py exits with the message alone).
+from vqshrink.errors import PlainError  # noqa: E402
+
+PLAIN_ERRORS = (PlainError,)
+
 
 def configure_logging(log_file: str | os.PathLike | None) -> None:
     root = logging.getLogger()
@@ -52,6 +58,10 @@ def stage(fn: Callable) -> Callable:
         t0 = time.perf_counter()
         try:
             result = fn(**kwargs)
+        except PLAIN_ERRORS as err:
+            logger.error("stage %s failed after %.1f s: %s", fn.__qualname__,
+                         time.perf_counter() - t0, err)
+            raise
         except BaseException:
             logger.exception("stage %s failed after %.1f s", fn.__qualname__, time.perf_counter() - t0)
             raise
