@@ -23,6 +23,7 @@ include: "workflow/rules/report.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/tokenizer.smk"
 include: "workflow/rules/generator.smk"
+include: "workflow/rules/plan.smk"
 
 
 rule all:

@@ -26,7 +26,7 @@ ARCH = {"family": "vqgan", "resolution": 16, "ch": 32, "ch_mult": [1, 1], "num_r
 SWEEP_ARCH = {"family": "cifar_vqvae", "resolution": 16, "hidden": 16, "res_hidden": 8,
               "res_blocks": 1, "embed_dim": 4}
 LOSS = {"pixel_weight": 1.0, "perceptual_weight": 0.0, "codebook_weight": 1.0,
-        "lpips_net": "vgg", "lpips_pretrained": False, "gan": False, "disc_start": 0,
+        "lpips_net": "vgg", "lpips_pretrained": False, "gan": False, "disc_start_epochs": 0,
         "disc_weight": 0.8, "adaptive": True, "disc_betas": [0.5, 0.9], "disc_layers": 2}
 TRAIN = {"batch_size": 32, "lr": 1e-3, "min_lr": 1e-5, "betas": [0.9, 0.95],
          "weight_decay": 0.0, "amsgrad": False, "grad_clip": 1.0, "scheduler": "plateau",
