@@ -257,8 +257,23 @@ def test_class_grid_rows_per_class_padded():
     assert one.shape == (4, 6, 3) and not one[:2, 2:].any()  # class 0's short row: black
 
 
-def test_sample_labels_and_step_seeds():
-    np.testing.assert_array_equal(gen.sample_labels(3, 2), [0, 0, 1, 1, 2, 2])
+def test_sample_labels_follow_the_test_splits_class_proportions_and_step_seeds():
+    balanced = np.repeat([0, 1, 2], 7)  # a balanced test split: exactly per_class of each
+    np.testing.assert_array_equal(gen.sample_labels(balanced, 3, 2, seed=0), [0, 0, 1, 1, 2, 2])
+    # ODIR-like imbalance: 60% / 30% / 10% of the test split -> 18 / 9 / 3 of 30 samples
+    odir = np.repeat([0, 1, 2], [60, 30, 10])
+    counts = np.bincount(gen.sample_labels(odir, 3, 10, seed=0), minlength=3)
+    np.testing.assert_array_equal(counts, [18, 9, 3])
+    # brute force: largest remainder = the integer vector summing to the total that is
+    # closest to the exact shares; ties (classes 0 and 1: 1.5 each) go by the seed
+    tied = np.array([0, 1])  # 3 samples over classes 0 / 1 / 2 with shares 1/2, 1/2, 0
+    draws = {tuple(np.bincount(gen.sample_labels(tied, 3, 1, seed=s), minlength=3))
+             for s in range(20)}
+    assert draws == {(2, 1, 0), (1, 2, 0)}
+    np.testing.assert_array_equal(gen.sample_labels(tied, 3, 1, seed=3),
+                                  gen.sample_labels(tied, 3, 1, seed=3))
+    with pytest.raises(ValueError, match="the generator has 2 classes"):
+        gen.sample_labels(odir, 2, 1, seed=0)
     seeds = {gen.step_seed(0, s, r) for s in range(100) for r in range(2)}
     assert len(seeds) == 200  # distinct per (step, rank)
     assert gen.step_seed(0, 5, 0) == gen.step_seed(0, 5, 0)

@@ -221,6 +221,26 @@ def test_every_stage_on_tiny_digits(data, fid_net, tmp_path, quantizer, gan):
                                        rtol=1e-4, atol=1e-4)
 
 
+def test_gan_starts_after_its_epochs_and_early_stopping_counts_from_there(data, tmp_path):
+    """disc_start_epochs counts epochs of the VQ phase (6 steps each here); with lr 0 the
+    validation loss never improves, so patience 1 stops a run at its second evaluation,
+    but a GAN run counts evaluations only once the discriminator has trained."""
+    model = model_cfg("vq")
+    runs = {}
+    for gan in (False, True):
+        d = init(data, tmp_path / str(gan), model, "baseline")
+        s = vq_settings(model, gan=gan, checkpoint="final", epochs=4, lr=0.0,
+                        scheduler="none", early_stopping_patience=1)
+        s["loss"]["disc_start_epochs"] = 2
+        train(data, d, s, None)
+        runs[gan] = pd.read_csv(d / "curve.csv")
+    assert list(runs[False]["epoch"]) == [1, 2]  # stopped early
+    gan = runs[True]
+    assert list(gan["epoch"]) == [1, 2, 3, 4]  # evaluations 3 and 4 count: no early stop
+    assert (gan["d_loss"][:2] == 0).all() and (gan["d_loss"][2:] != 0).all()
+    assert list(gan["step"]) == [6, 12, 18, 24]
+
+
 def test_vq_tokens_are_hw_maps(data, tmp_path):
     d = init(data, tmp_path / "b", model_cfg("vq"), "baseline")
     train(data, d, vq_settings(model_cfg("vq"), checkpoint="final"), None)
