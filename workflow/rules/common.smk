@@ -848,10 +848,15 @@ def planned_run(rule_name, run):
     }
     if rule_name == "tokenizer_pretrain_ae":
         return vqbudget.tokenizer_run(
-            **common, model=f"{w.arch}/ae", settings=tok_ae_settings(w), phase="pretrain"
+            **common,
+            model=f"{w.arch}/ae",
+            settings=tok_ae_settings(w),
+            phase="pretrain",
         )
     spec = variant_spec(w.variant)
-    model = f"{spec['architecture']}/{spec['quantizer']}" + ("+gan" if spec["gan"] else "")
+    model = f"{spec['architecture']}/{spec['quantizer']}"
+    if spec["gan"]:
+        model = f"{spec['architecture']}/{spec['quantizer']}+gan"
     return vqbudget.tokenizer_run(
         **common,
         model=model,
@@ -865,11 +870,11 @@ def planned_runs():
     """Every training run of the targets (the curve inventories and Fig. 5), in DAG order."""
     runs = {}
     for run in main_runs() + collapse_runs():
-        if run.endswith("/deferred"):
-            w = SimpleNamespace(
-                **re.fullmatch(RUN_PATTERNS["synthetic_train_vq"], run).groupdict()
-            )
-            ae = run.rsplit("/", 1)[0] + "/ae"
+        w = SimpleNamespace(
+            **re.fullmatch(RUN_PATTERNS["synthetic_train_vq"], run).groupdict()
+        )
+        if w.schedule == "deferred":
+            ae = syn_run(w, "ae")
             runs[ae] = vqbudget.synthetic_run(
                 rule_name="synthetic_pretrain_ae",
                 run=ae,
@@ -884,7 +889,7 @@ def planned_runs():
         for d in curve_datasets(group)
         for _, _, c in curve_runs(group, d)
     ]
-    curves += [f"{p['run']}/model/curve.csv" for p in fig5_panels()]
+    curves.extend(f"{p['run']}/model/curve.csv" for p in fig5_panels())
     for curve in curves:
         run = re.sub(r"(/vq|/model)?/curve\.csv$", "", curve)
         name = next(r for r, pat in RUN_PATTERNS.items() if re.fullmatch(pat, run))
@@ -946,6 +951,7 @@ def all_targets():
         "results/plan/budget.csv",
         "results/tables/synthetic.csv",
         "results/tables/synthetic_claims.csv",
+        "results/tables/claims.csv",
         "results/tables/embeddings_collapse.csv",
         "results/figures/fig2.png",
         "results/figures/fig3.png",

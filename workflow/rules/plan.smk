@@ -7,7 +7,8 @@ localrules:
 
 rule budget:
     """Steps per epoch, maximum steps, warm-up, GAN start, k-means sample, resources and (with
-    measured step times) GPU-hours of every training run of the targets (README: Budget)."""
+    measured step times) GPU-hours of every training run of the targets (README: Budget).
+    """
     input:
         unpack(get_step_times),
     output:

@@ -1,7 +1,32 @@
 # Tables and figures: small, run on the submitting machine.
 
 
+rule claims:
+    """The paper's direction (w/ vs w/o Deferred) beside the run's, per image table, metric
+    and row pair, with a verdict that respects seed noise; the report opens with it."""
+    input:
+        tables=[f"results/tables/{t}.csv" for t in [*TOK["tables"], *GEN["tables"]]],
+    output:
+        claims=report(
+            "results/tables/claims.csv",
+            caption="../report/claims.rst",
+            category="Claims",
+        ),
+    log:
+        log_path("claims", "claims"),
+    conda:
+        ENV
+    params:
+        stage="claims_report.claims",
+        settings={},
+        preset=PRESET,
+        launcher="local",
+    script:
+        STAGE_SCRIPT
+
+
 localrules:
+    claims,
     synthetic_table,
     embeddings_collapse,
     fig2,
