@@ -32,7 +32,6 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vqshrink.io import atomic_path
 from vqshrink.plan.schedule import epochs_to_steps, steps_per_epoch
 
 MAX_WARMUP_FRACTION = 0.1  # a warm-up longer than this share of the maximum steps is refused
@@ -344,6 +343,8 @@ def with_step_times(rows: list[dict], step_times: str | Path | None) -> list[dic
 
 def write_budget(rows: list[dict], path: str | Path, step_times: str | Path | None) -> list[dict]:
     """Write the budget CSV (columns :data:`BUDGET_COLUMNS`) atomically; returns its rows."""
+    from vqshrink.io import atomic_path  # imports torch: at job time only, never at parse time
+
     full = with_step_times(rows, step_times)
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=BUDGET_COLUMNS)
