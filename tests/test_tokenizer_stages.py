@@ -27,7 +27,7 @@ ARCH = {"family": "vqgan", "resolution": 16, "ch": 32, "ch_mult": [1, 1], "num_r
 SWEEP_ARCH = {"family": "cifar_vqvae", "resolution": 16, "hidden": 16, "res_hidden": 8,
               "res_blocks": 1, "embed_dim": 4}
 LOSS = {"pixel_weight": 1.0, "perceptual_weight": 0.0, "codebook_weight": 1.0,
-        "lpips_net": "vgg", "lpips_pretrained": False, "gan": False, "disc_start": 0,
+        "lpips_net": "vgg", "lpips_pretrained": False, "gan": False, "disc_start_epochs": 0,
         "disc_weight": 0.8, "adaptive": True, "disc_betas": [0.5, 0.9], "disc_layers": 2}
 TRAIN = {"batch_size": 32, "lr": 1e-3, "min_lr": 1e-5, "betas": [0.9, 0.95],
          "weight_decay": 0.0, "amsgrad": False, "grad_clip": 1.0, "scheduler": "plateau",
@@ -221,6 +221,26 @@ def test_every_stage_on_tiny_digits(data, fid_net, tmp_path, quantizer, gan):
         with torch.no_grad():
             torch.testing.assert_close(net.decode_indices(maps), net(x).x_hat,
                                        rtol=1e-4, atol=1e-4)
+
+
+def test_gan_starts_after_its_epochs_and_early_stopping_counts_from_there(data, tmp_path):
+    """disc_start_epochs counts epochs of the VQ phase (6 steps each here); with lr 0 the
+    validation loss never improves, so patience 1 stops a run at its second evaluation,
+    but a GAN run counts evaluations only once the discriminator has trained."""
+    model = model_cfg("vq")
+    runs = {}
+    for gan in (False, True):
+        d = init(data, tmp_path / str(gan), model, "baseline")
+        s = vq_settings(model, gan=gan, checkpoint="final", epochs=4, lr=0.0,
+                        scheduler="none", early_stopping_patience=1)
+        s["loss"]["disc_start_epochs"] = 2
+        train(data, d, s, None)
+        runs[gan] = pd.read_csv(d / "curve.csv")
+    assert list(runs[False]["epoch"]) == [1, 2]  # stopped early
+    gan = runs[True]
+    assert list(gan["epoch"]) == [1, 2, 3, 4]  # evaluations 3 and 4 count: no early stop
+    assert (gan["d_loss"][:2] == 0).all() and (gan["d_loss"][2:] != 0).all()
+    assert list(gan["step"]) == [6, 12, 18, 24]
 
 
 def test_vq_tokens_are_hw_maps(data, tmp_path):

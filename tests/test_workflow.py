@@ -200,7 +200,8 @@ def test_report_has_every_table_and_figure(demo_run):
     repo, _ = demo_run
     snakemake("--report", "report.zip", "--config", "preset=demo", cwd=repo)
     names = zipfile.ZipFile(repo / "report.zip").namelist()
-    wanted = [*TARGETS, *GEN_TARGETS, *(f"results/figures/curves/{c}.png" for c in CURVES)]
+    wanted = [*TARGETS, *GEN_TARGETS, *(f"results/figures/curves/{c}.png" for c in CURVES),
+              "results/tables/claims.csv"]
     for target in wanted:
         assert any(n.endswith("/" + Path(target).name) for n in names), target
 
@@ -218,7 +219,11 @@ def test_demo_tables_record_preset_and_every_run(demo_run):
     assert per_seed["modes_covered"].between(0, cfg["n_clusters"]).all()
     claims = pd.read_csv(repo / "results/tables/synthetic_claims.csv")
     assert set(claims["input_dim"]) == set(cfg["input_dims"])
-    assert claims["verdict"].notna().all()
+    assert set(claims["verdict"]) <= {"reproduced", "within noise", "opposite"}
+    image = pd.read_csv(repo / "results/tables/claims.csv", dtype={"table": str})
+    assert set(image["table"]) == {"2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12"}
+    assert set(image["verdict"]) <= {"single run", "no paper value", "no run value"}
+    assert set(image.loc[image["table"] == "12", "verdict"]) == {"no paper value"}
 
 
 @pytest.mark.workflow

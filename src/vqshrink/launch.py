@@ -73,6 +73,8 @@ LOCAL_RULES = (
     "generator_table",
     "fig5",
     "training_curves",
+    "claims",
+    "budget",
 )
 
 Stage = Callable[..., Any] | str  # a function, or its name under vqshrink.stages

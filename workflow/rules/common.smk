@@ -847,11 +847,161 @@ def generator_targets():
     return tables + ["results/figures/fig5.png"] + curves
 
 
+# ---------------------------------------------------------------- plan: budget and checks
+# Every training run of the targets, with the settings its stage gets, goes through the
+# package's plan (vqshrink.plan.budget: no torch): the budget table, and checks that refuse
+# before any job a schedule that would void an experiment on the dataset's real size.
+from types import SimpleNamespace
+
+from vqshrink.plan import budget as vqbudget
+
+PLAN = config["plan"]
+RUN_PATTERNS = {
+    "tokenizer_pretrain_ae": r"results/tokenizers/(?P<dataset>[^/]+)/ae-(?P<arch>[^/]+)",
+    "tokenizer_train_vq": r"results/tokenizers/(?P<dataset>[^/]+)/(?P<variant>[^/]+)/"
+    r"(?P<schedule>baseline|deferred)",
+    "generator_train": r"results/generators/(?P<dataset>[^/]+)/(?P<generator>[^/]+)/"
+    r"(?P<variant>[^/]+)/(?P<schedule>baseline|deferred)",
+    "synthetic_train_vq": r"results/synthetic/dim(?P<dim>\d+)/h(?P<hidden>\d+)/"
+    r"seed(?P<seed>\d+)/(?P<schedule>baseline|deferred)",
+}
+
+
+def planned_run(rule_name, run):
+    """The plan's view of one training run directory (its stage's settings)."""
+    w = SimpleNamespace(**re.fullmatch(RUN_PATTERNS[rule_name], run).groupdict())
+    if rule_name == "synthetic_train_vq":
+        phase = syn_vq_phase(w)
+        return vqbudget.synthetic_run(
+            rule_name=rule_name,
+            run=run,
+            settings=syn_train_settings(w, phase),
+            phase=phase,
+            resources=stage_resources("synthetic"),
+            kmeans_points=SYN["kmeans_points"],
+        )
+    if rule_name == "generator_train":
+        return vqbudget.generator_run(
+            run=run,
+            dataset=w.dataset,
+            resolution=DATASETS[w.dataset]["resolution"],
+            settings=gen_train_settings(w),
+            resources=gen_resources("train"),
+        )
+    exp = tok_experiment(w)
+    common = {
+        "rule_name": rule_name,
+        "run": run,
+        "dataset": w.dataset,
+        "section": "vqvae_sweep" if exp is SWEEP else "tokenizers",
+        "resources": exp["resources"]["train"],
+    }
+    if rule_name == "tokenizer_pretrain_ae":
+        return vqbudget.tokenizer_run(
+            **common,
+            model=f"{w.arch}/ae",
+            settings=tok_ae_settings(w),
+            phase="pretrain",
+        )
+    spec = variant_spec(w.variant)
+    model = f"{spec['architecture']}/{spec['quantizer']}"
+    if spec["gan"]:
+        model = f"{spec['architecture']}/{spec['quantizer']}+gan"
+    return vqbudget.tokenizer_run(
+        **common,
+        model=model,
+        settings=tok_train_settings(w),
+        phase="baseline" if w.schedule == "baseline" else "finetune",
+        kmeans=tok_init_settings(w),
+    )
+
+
+def planned_runs():
+    """Every training run of the targets (the curve inventories and Fig. 5), in DAG order."""
+    runs = {}
+    for run in main_runs() + collapse_runs():
+        w = SimpleNamespace(
+            **re.fullmatch(RUN_PATTERNS["synthetic_train_vq"], run).groupdict()
+        )
+        if w.schedule == "deferred":
+            ae = syn_run(w, "ae")
+            runs[ae] = vqbudget.synthetic_run(
+                rule_name="synthetic_pretrain_ae",
+                run=ae,
+                settings=syn_train_settings(w, "pretrain"),
+                phase="pretrain",
+                resources=stage_resources("synthetic"),
+            )
+        runs[run] = planned_run("synthetic_train_vq", run)
+    curves = [
+        c
+        for group in ("tokenizers", "sweep", "generators")
+        for d in curve_datasets(group)
+        for _, _, c in curve_runs(group, d)
+    ]
+    curves.extend(f"{p['run']}/model/curve.csv" for p in fig5_panels())
+    for curve in curves:
+        run = re.sub(r"(/vq|/model)?/curve\.csv$", "", curve)
+        name = next(r for r, pat in RUN_PATTERNS.items() if re.fullmatch(pat, run))
+        runs.setdefault(run, planned_run(name, run))
+    return list(runs.values())
+
+
+def planned_split_sizes(runs):
+    """({dataset: split sizes}, {dataset: where they come from}) of the planned runs."""
+    sizes, sources = {}, {}
+    n = SYN["n_clusters"] * SYN["points_per_cluster"]
+    for run in runs:
+        d = run.dataset
+        if d in sizes:
+            continue
+        if d.startswith("gaussians-"):
+            sizes[d] = {"train": n}
+            sources[d] = "synthetic.n_clusters x synthetic.points_per_cluster"
+        else:
+            sizes[d], sources[d] = vqbudget.split_sizes(
+                d, DATASETS[d], PLAN["known_sizes"].get(d)
+            )
+    return sizes, sources
+
+
+@functools.cache
+def budget_plan():
+    """(runs, split sizes, sources) of the targets; refuses impossible schedules."""
+    runs = planned_runs()
+    try:
+        sizes, sources = planned_split_sizes(runs)
+        vqbudget.check(runs, sizes)
+    except vqbudget.PlanError as err:
+        raise WorkflowError(str(err))
+    return runs, sizes, sources
+
+
+def budget_settings():
+    return {"rows": vqbudget.budget_rows(*budget_plan())}
+
+
+def get_step_times(w):
+    """The measured step times of plan.gpu (benchmarks/gpu/<gpu>.csv; null: the only one)."""
+    folder = Path("benchmarks/gpu")
+    if PLAN["gpu"]:
+        found = [folder / f"{PLAN['gpu']}.csv"]
+    else:
+        found = sorted(folder.glob("*.csv"))
+    found = [f for f in found if f.is_file()]
+    return {"step_times": str(found[0])} if len(found) == 1 else {}
+
+
+budget_plan()
+
+
 # ---------------------------------------------------------------- targets
 def all_targets():
     return [
+        "results/plan/budget.csv",
         "results/tables/synthetic.csv",
         "results/tables/synthetic_claims.csv",
+        "results/tables/claims.csv",
         "results/tables/embeddings_collapse.csv",
         "results/figures/fig2.png",
         "results/figures/fig3.png",

@@ -39,10 +39,12 @@ rule generator_train:
 
 
 rule generator_sample:
-    """A fixed, seeded number of samples per class, decoded by the tokenizer."""
+    """A fixed, seeded number of samples in the test split's class proportions, decoded by
+    the tokenizer."""
     input:
         model=rules.generator_train.output.model,
         tokenizer="results/tokenizers/{dataset}/{variant}/{schedule}/vq/model.pt",
+        data="results/data/{dataset}",
     output:
         images="results/generators/{dataset}/{generator}/{variant}/{schedule}/samples/images.npy",
         labels="results/generators/{dataset}/{generator}/{variant}/{schedule}/samples/labels.npy",

@@ -1,6 +1,30 @@
 # Tables and figures: small, run on the submitting machine (LOCAL_RULES, common.smk).
 
 
+rule claims:
+    """The paper's direction (w/ vs w/o Deferred) beside the run's, per image table, metric
+    and row pair, with a verdict that respects seed noise; the report opens with it."""
+    input:
+        tables=[f"results/tables/{t}.csv" for t in [*TOK["tables"], *GEN["tables"]]],
+    output:
+        claims=report(
+            "results/tables/claims.csv",
+            caption="../report/claims.rst",
+            category="Claims",
+        ),
+    log:
+        log_path("claims", "claims"),
+    conda:
+        ENV
+    params:
+        **stage_params("claims_report.claims"),
+        settings={},
+        preset=PRESET,
+    script:
+        STAGE_SCRIPT
+
+
+
 rule synthetic_table:
     input:
         metrics=[f"{run}/eval/metrics.json" for run in main_runs()],

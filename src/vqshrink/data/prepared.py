@@ -119,7 +119,7 @@ def split_indices(
         else:
             weights = np.full(len(classes), 1 / len(classes))
         for name, size in fixed.items():
-            quota = _largest_remainder(size * weights, size, rng)
+            quota = largest_remainder(size * weights, size, rng)
             rows = []
             for c, k, pool in zip(classes, quota, pools):
                 if k > len(pool):
@@ -136,7 +136,7 @@ def split_indices(
     return {name: np.sort(taken[name]).astype(np.int64) for name in sizes}
 
 
-def _largest_remainder(exact: np.ndarray, total: int, rng: np.random.Generator) -> np.ndarray:
+def largest_remainder(exact: np.ndarray, total: int, rng: np.random.Generator) -> np.ndarray:
     """Integer quotas summing to ``total`` closest to ``exact`` (ties broken at random)."""
     base = np.floor(exact).astype(np.int64)
     short = total - int(base.sum())

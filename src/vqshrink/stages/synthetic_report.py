@@ -15,6 +15,7 @@ import seaborn as sns  # noqa: E402
 from vqshrink.io import atomic_path, load_json, save_npz  # noqa: E402
 from vqshrink.metrics.codebook import peak_positions  # noqa: E402
 from vqshrink.stages import stage  # noqa: E402
+from vqshrink.verdicts import paired_verdict  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,9 @@ def with_summary(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 
 
 def claims_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    """Does deferral move each metric the way the paper says, per input dim?"""
+    """Does deferral move each metric the way the paper says, per input dim? Verdicts by
+    :func:`vqshrink.verdicts.paired_verdict`: "reproduced" needs every seed to agree and the
+    mean paired difference to exceed twice its standard error (``paired_se``)."""
     rows = []
     for dim, group in frame.groupby("input_dim"):
         pivot = {s: g.set_index("seed") for s, g in group.groupby("schedule")}
@@ -89,22 +92,14 @@ def claims_frame(frame: pd.DataFrame) -> pd.DataFrame:
         for metric, sign, text in CLAIMS:
             b = base.loc[seeds, metric].astype(float)
             d = defer.loc[seeds, metric].astype(float)
-            diff = sign * (d.to_numpy() - b.to_numpy())
-            better, worse = int((diff > 0).sum()), int((diff < 0).sum())
-            if better == worse == 0:
-                verdict = "tie"
-            elif better > len(seeds) / 2 and diff.mean() > 0:
-                verdict = "reproduced"
-            elif worse > len(seeds) / 2 and diff.mean() < 0:
-                verdict = "not reproduced (opposite)"
-            else:
-                verdict = "mixed"
+            v = paired_verdict(sign * (d.to_numpy() - b.to_numpy()))
             rows.append({
                 "preset": group["preset"].iloc[0], "input_dim": dim, "metric": metric,
                 "paper_claim": text, "baseline_mean": b.mean(), "deferred_mean": d.mean(),
                 "baseline_std": b.std(ddof=1), "deferred_std": d.std(ddof=1),
                 "deferred_minus_baseline": d.mean() - b.mean(),
-                "seeds_agreeing": f"{better}/{len(seeds)}", "verdict": verdict,
+                "paired_se": v["diff_se"], "seeds_agreeing": v["seeds_agreeing"],
+                "verdict": v["verdict"],
             })
     return pd.DataFrame(rows)
 

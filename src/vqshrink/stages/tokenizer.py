@@ -53,6 +53,7 @@ from vqshrink.metrics import fid as fidm
 from vqshrink.models.cifar_vqvae import CifarVQVAE, CifarVQVAEConfig
 from vqshrink.models.losses import TokenizerLoss
 from vqshrink.models.vqgan import Tokenizer, VQGANConfig
+from vqshrink.plan.schedule import epochs_to_steps
 from vqshrink.quantizers.simvq import ProjectedCodebook
 from vqshrink.stages import stage
 from vqshrink.training import (
@@ -239,8 +240,11 @@ def fid_reference(*, data: str, stats: str, settings: dict, preset: str,
 # =============================================================================== training
 
 
-def make_loss(loss: dict, *, gan: bool, weights_dir: str | None) -> TokenizerLoss:
-    """The tokenizer loss; a pretrained LPIPS backbone is read from the weight cache only."""
+def make_loss(loss: dict, *, gan: bool, weights_dir: str | None,
+              disc_start_step: int = 0) -> TokenizerLoss:
+    """The tokenizer loss; a pretrained LPIPS backbone is read from the weight cache only.
+    ``disc_start_step``: the phase's step at which the discriminator starts (from
+    ``disc_start_epochs`` and the phase's steps per epoch, :func:`_fit`)."""
     perceptual = loss["perceptual_weight"] > 0
     if perceptual and loss["lpips_pretrained"]:
         check_weights(fid=False, lpips_net=loss["lpips_net"], cache_dir=weights_dir)
@@ -250,7 +254,7 @@ def make_loss(loss: dict, *, gan: bool, weights_dir: str | None) -> TokenizerLos
             pixel_weight=loss["pixel_weight"], perceptual_weight=loss["perceptual_weight"],
             codebook_weight=loss["codebook_weight"], lpips_net=loss["lpips_net"],
             pretrained_backbone=loss["lpips_pretrained"], gan=gan,
-            disc_start=loss["disc_start"], disc_weight=loss["disc_weight"],
+            disc_start=disc_start_step, disc_weight=loss["disc_weight"],
             adaptive=loss["adaptive"], disc_layers=loss["disc_layers"],
         )
 
@@ -296,10 +300,13 @@ def _fit(model: nn.Module, train: PreparedImages, val: PreparedImages, *, quanti
     """Train ``model`` (resumable, DDP-ready); returns curve, best checkpoint and stop info.
 
     Loss: :class:`TokenizerLoss` (MSE + LPIPS + codebook/commitment, + hinge PatchGAN after
-    ``disc_start`` for the GAN variants). Optimiser Adam; scheduler per phase: ``plateau``
+    ``disc_start_epochs`` of this phase for the GAN variants: the step counter restarts in every
+    phase). Optimiser Adam; scheduler per phase: ``plateau``
     (ReduceLROnPlateau on the validation reconstruction loss), ``cosine`` (per step, from lr
     to min_lr, optional linear warm-up) or ``none``; early stopping after
-    ``early_stopping_patience`` evaluations without a better validation loss. With
+    ``early_stopping_patience`` evaluations without a better validation loss (GAN variants:
+    counted from the first evaluation after the discriminator started, since the adversarial
+    term changes what the reconstruction loss can reach). With
     ``settings["checkpoint"] == "best_val_fid"`` the weights of the evaluation with the
     lowest validation FID are kept as the result. ``inputs`` (name -> file) tie the training
     state to the files it was made from.
@@ -311,7 +318,15 @@ def _fit(model: nn.Module, train: PreparedImages, val: PreparedImages, *, quanti
         device = torch.device("cuda", info.local_rank)
     model.to(device)
     gan = quantize and lw["gan"]
-    loss_fn = make_loss(lw, gan=gan, weights_dir=weights_dir).to(device)
+    n, bs, epochs = len(train), tr["batch_size"], tr["epochs"]
+    steps_per_epoch = n // bs
+    if steps_per_epoch < 1:
+        raise ValueError(f"{what}: config key tokenizers.training.batch_size (in the "
+                         f"codebook-size sweep vqvae_sweep.training.batch_size) is {bs}, larger "
+                         f"than the training split of {train.root} ({n} images); lower it")
+    disc_start_step = epochs_to_steps(lw["disc_start_epochs"], steps_per_epoch)
+    loss_fn = make_loss(lw, gan=gan, weights_dir=weights_dir,
+                        disc_start_step=disc_start_step).to(device)
     amp = tr["amp"] == "bf16" and device.type == "cuda"
     if tr["compile"] and device.type == "cuda":
         model.encoder.compile()
@@ -335,12 +350,6 @@ def _fit(model: nn.Module, train: PreparedImages, val: PreparedImages, *, quanti
                                    weights_dir=weights_dir, device=device)
         fid = (extractor, fidm.load_statistics(fid_inputs["val_ref"]))
 
-    n, bs, epochs = len(train), tr["batch_size"], tr["epochs"]
-    steps_per_epoch = n // bs
-    if steps_per_epoch < 1:
-        raise ValueError(f"{what}: config key tokenizers.training.batch_size (in the "
-                         f"codebook-size sweep vqvae_sweep.training.batch_size) is {bs}, larger "
-                         f"than the training split of {train.root} ({n} images); lower it")
     total_steps = epochs * steps_per_epoch
     seed = settings["seed"]
 
@@ -440,8 +449,9 @@ def _fit(model: nn.Module, train: PreparedImages, val: PreparedImages, *, quanti
                        val_fid=values[3])
             if plateau is not None:
                 plateau.step(values[2])
-            early_stopping_update(book, values[2], patience=tr["early_stopping_patience"],
-                                  last_epoch=last_epoch, key="best_val_rec")
+            if not gan or pos["step"] > disc_start_step:
+                early_stopping_update(book, values[2], patience=tr["early_stopping_patience"],
+                                      last_epoch=last_epoch, key="best_val_rec")
             if best_mode and info.is_main and (book["best"] is None
                                                or values[3] < book["best"]["val_fid"]):
                 book["best"] = {"epoch": epoch + 1, "step": pos["step"], "val_fid": values[3],
@@ -579,7 +589,8 @@ def train_vq(*, data: str, init: str, model: str, curve: str, record: str, setti
              weights_dir: str | None = None, val_ref: str | None = None,
              classifier: str | None = None) -> None:
     """VQ training from the initialised tokenizer: from scratch (baseline) or fine-tuning the
-    autoencoder (deferred); the GAN variants add the PatchGAN after ``disc_start`` steps."""
+    autoencoder (deferred); the GAN variants add the PatchGAN after ``disc_start_epochs``
+    epochs of this phase."""
     seed_everything(settings["seed"])
     net, blob = load_model(init)
     result = _fit(net, _images(data, "train"), _images(data, "val"), quantize=True,
