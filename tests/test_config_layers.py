@@ -83,13 +83,13 @@ def test_records_show_the_layered_values(tmp_path):
     repo = copy_repo(tmp_path)
     # a preset of the user's own making shows the order on a cheap stage (synthetic data)
     _write(repo / "mine.yaml", {
-        "presets": {"demo": {"synthetic": {"n_clusters": 5, "points_per_cluster": 40}}},
+        "presets": {"demo": {"synthetic": {"n_clusters": 5, "points_per_cluster": 60}}},
         "synthetic": {"n_clusters": 7},
     })
     snakemake("-c1", "results/synthetic/data/dim2.json", "--configfile", "mine.yaml",
-              "--config", "preset=demo", 'synthetic={"points_per_cluster": 30}', cwd=repo)
+              "--config", "preset=demo", 'synthetic={"points_per_cluster": 50}', cwd=repo)
     record = json.loads((repo / "results/synthetic/data/dim2.json").read_text())
     assert record["preset"] == "demo"
     assert record["settings"]["n_clusters"] == 7
-    assert record["settings"]["points_per_cluster"] == 30
-    assert record["points"] == 7 * 30
+    assert record["settings"]["points_per_cluster"] == 50
+    assert record["points"] == 7 * 50
