@@ -69,3 +69,13 @@ def kill_at_step(module, monkeypatch, step: int) -> list[int]:
 
     monkeypatch.setattr(module, "check_finite", killed)
     return seen
+
+
+def nan_at_step(module, monkeypatch, at: int) -> None:
+    """Make the loss that ``module.check_finite`` sees at step ``at`` NaN (weights stay finite)."""
+    real = module.check_finite
+
+    def poisoned(loss, *, epoch, step, **kw):
+        real(loss * float("nan") if step == at else loss, epoch=epoch, step=step, **kw)
+
+    monkeypatch.setattr(module, "check_finite", poisoned)

@@ -14,19 +14,21 @@ import pytest
 import torch
 import yaml
 
+from vqshrink.data.prepared import PreparedImages
 from vqshrink.io import load_json, load_torch
 from vqshrink.metrics import diversity
 from vqshrink.stages import generator as gen
 from vqshrink.stages import generator_report as grep
 from vqshrink.stages import tokenizer as tok
 
-from image_fixtures import FID, data, fid_net, kill_at_step, one_thread  # noqa: F401 (fixtures)
+from image_fixtures import (FID, data, fid_net, kill_at_step, nan_at_step,  # noqa: F401
+                            one_thread)
 from repo_helpers import ROOT, copy_repo, fake_sources, snakemake
 
 ARCH = {"family": "vqgan", "resolution": 16, "ch": 32, "ch_mult": [1, 1], "num_res_blocks": 1,
         "attn_resolutions": [], "dropout": 0.0, "z_channels": 32, "embed_dim": 8}
 LOSS = {"pixel_weight": 1.0, "perceptual_weight": 0.0, "codebook_weight": 1.0,
-        "lpips_net": "vgg", "lpips_pretrained": False, "gan": False, "disc_start": 0,
+        "lpips_net": "vgg", "lpips_pretrained": False, "gan": False, "disc_start_epochs": 0,
         "disc_weight": 0.8, "adaptive": True, "disc_betas": [0.5, 0.9], "disc_layers": 2}
 TOK_TRAIN = {"batch_size": 32, "lr": 1e-3, "min_lr": 1e-5, "betas": [0.9, 0.95],
              "weight_decay": 0.0, "amsgrad": False, "grad_clip": 1.0, "scheduler": "none",
@@ -42,7 +44,8 @@ MODELS = {  # tiny versions of the config's generators
 SAMPLING = {"maskgit": {"steps": 4, "guidance": 1.0},
             "var": {"cfg": 1.5, "top_k": 8, "top_p": 0.9},
             "llamagen": {"cfg_scale": 2.0}}
-GEN_TRAIN = {"epochs": 2, "min_lr": 1e-6, "plateau_factor": 0.5, "plateau_patience": 1,
+GEN_TRAIN = {"epochs": 2, "min_lr": 1e-6, "scheduler": "plateau", "plateau_factor": 0.5,
+             "plateau_patience": 1,
              "early_stopping_patience": 0, "eval_every_epochs": 1, "val_images": 40,
              "checkpoint": "best_val_loss", "amp": "none", "compile": False, "device": "cpu",
              "seed": 0}
@@ -69,7 +72,7 @@ def _tokenizer(data: str, d: Path, quantizer: str) -> dict:
                        tokens_val=paths["val"], tokens_test=paths["test"],
                        meta=str(d / "meta.json"), settings={"batch_size": 64, "device": "cpu"},
                        preset="test")
-    return {"model": str(d / "model.pt"), "meta": str(d / "meta.json"), **paths}
+    return {"model": str(d / "model.pt"), "meta": str(d / "meta.json"), "data": data, **paths}
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +89,8 @@ def tokenizer_for(family: str) -> str:
 def train_settings(family: str, **training) -> dict:
     return {"family": family, "model": MODELS[family],
             "optimizer": {"batch_size": 32, "lr": 2e-3, "betas": [0.9, 0.95],
-                          "weight_decay": 0.01, "grad_clip": 1.0, "warmup_steps": 2},
+                          "weight_decay": 0.01, "grad_clip": 1.0,
+                          "warmup_epochs": 2 / 6},  # 2 of 6 steps per epoch (200 / 32)
             "training": {**GEN_TRAIN, **training}}
 
 
@@ -102,7 +106,8 @@ def train(family: str, tk: dict, d: Path, **training) -> Path:
 def sample(family: str, tk: dict, d: Path, seed: int = 0, per_class: int = 2) -> Path:
     out = d / f"samples-{seed}"
     out.mkdir(exist_ok=True)
-    gen.sample(model=str(d / "model.pt"), tokenizer=tk["model"], images=str(out / "images.npy"),
+    gen.sample(model=str(d / "model.pt"), tokenizer=tk["model"], data=tk["data"],
+               images=str(out / "images.npy"),
                labels=str(out / "labels.npy"), tokens=str(out / "tokens.npy"),
                grid=str(out / "grid.png"), record=str(out / "run.json"), preset="test",
                settings={"sampling": SAMPLING[family], "per_class": per_class, "seed": seed,
@@ -127,7 +132,11 @@ def test_every_generator_trains_samples_and_is_evaluated(family, data, fid_net, 
     out = sample(family, tk, d)
     images, labels = np.load(out / "images.npy"), np.load(out / "labels.npy")
     assert images.shape == (20, 16, 16, 3) and images.dtype == np.uint8
-    np.testing.assert_array_equal(labels, np.repeat(np.arange(10), 2))
+    # 2 per class on average, in the test split's class proportions (sorted by class)
+    share = np.bincount(PreparedImages(tk["data"], "test").labels, minlength=10) / 50
+    counts = np.bincount(labels, minlength=10)
+    assert counts.sum() == 20 and np.abs(counts - 20 * share).max() < 1
+    assert (np.diff(labels) >= 0).all()
     tokens = np.load(out / "tokens.npy")
     expect = (20, 85) if family == "var" else (20, 8, 8)  # 1+4+16+64 scales; 8x8 maps
     assert tokens.shape == expect and tokens.min() >= 0 and tokens.max() < 32
@@ -174,6 +183,36 @@ def test_resume_mid_epoch_gives_the_uninterrupted_weights(tokenizers, tmp_path, 
         torch.testing.assert_close(x[key], y[key], rtol=0, atol=0, msg=key)
     a, b = pd.read_csv(ref / "curve.csv"), pd.read_csv(cut / "curve.csv")
     pd.testing.assert_frame_equal(a.drop(columns="seconds"), b.drop(columns="seconds"))
+
+
+def test_state_from_before_an_upstream_change_is_not_resumed(tokenizers, tmp_path,
+                                                              monkeypatch):
+    """Killed mid-run; the token maps then change (the tokenizer reran differently): the
+    generator starts afresh instead of resuming from state trained on the old tokens."""
+    tk = {**tokenizers["vq"], "train": str(tmp_path / "tokens-train.npy")}
+    tokens = np.load(tokenizers["vq"]["train"])
+    np.save(tk["train"], tokens)
+    seen = kill_at_step(gen, monkeypatch, 8)
+    with pytest.raises(KeyboardInterrupt):
+        train("maskgit", tk, tmp_path / "cut")
+    np.save(tk["train"], tokens[::-1].copy())
+    seen.clear()
+    train("maskgit", tk, tmp_path / "cut")
+    assert seen[0] == 0
+    assert len(list((tmp_path / "cut" / "state").glob("stale-*.pt"))) == 1
+
+
+def test_nan_loss_keeps_the_state_before_it(tokenizers, tmp_path, monkeypatch):
+    nan_at_step(gen, monkeypatch, 3)
+    d = tmp_path / "nan"
+    d.mkdir()
+    tk = tokenizers["vq"]
+    with pytest.raises(FloatingPointError, match=r"step 3.*kept in .*last\.pt"):
+        gen.train(tokens_train=tk["train"], tokens_val=tk["val"], meta=tk["meta"],
+                  tokenizer=tk["model"], model=str(d / "model.pt"), curve=str(d / "curve.csv"),
+                  record=str(d / "run.json"), settings=train_settings("llamagen"),
+                  preset="test", state_dir=str(d / "state"), checkpoint_interval_s=3600)
+    assert load_torch(d / "state" / "last.pt")["pos"] == {"epoch": 0, "batch": 3, "step": 3}
 
 
 QUIET = {  # every dropout off: the only randomness left is the batch order (and MaskGIT's masks)
@@ -249,8 +288,23 @@ def test_class_grid_rows_per_class_padded():
     assert one.shape == (4, 6, 3) and not one[:2, 2:].any()  # class 0's short row: black
 
 
-def test_sample_labels_and_step_seeds():
-    np.testing.assert_array_equal(gen.sample_labels(3, 2), [0, 0, 1, 1, 2, 2])
+def test_sample_labels_follow_the_test_splits_class_proportions_and_step_seeds():
+    balanced = np.repeat([0, 1, 2], 7)  # a balanced test split: exactly per_class of each
+    np.testing.assert_array_equal(gen.sample_labels(balanced, 3, 2, seed=0), [0, 0, 1, 1, 2, 2])
+    # ODIR-like imbalance: 60% / 30% / 10% of the test split -> 18 / 9 / 3 of 30 samples
+    odir = np.repeat([0, 1, 2], [60, 30, 10])
+    counts = np.bincount(gen.sample_labels(odir, 3, 10, seed=0), minlength=3)
+    np.testing.assert_array_equal(counts, [18, 9, 3])
+    # brute force: largest remainder = the integer vector summing to the total that is
+    # closest to the exact shares; ties (classes 0 and 1: 1.5 each) go by the seed
+    tied = np.array([0, 1])  # 3 samples over classes 0 / 1 / 2 with shares 1/2, 1/2, 0
+    draws = {tuple(np.bincount(gen.sample_labels(tied, 3, 1, seed=s), minlength=3))
+             for s in range(20)}
+    assert draws == {(2, 1, 0), (1, 2, 0)}
+    np.testing.assert_array_equal(gen.sample_labels(tied, 3, 1, seed=3),
+                                  gen.sample_labels(tied, 3, 1, seed=3))
+    with pytest.raises(ValueError, match="the generator has 2 classes"):
+        gen.sample_labels(odir, 2, 1, seed=0)
     seeds = {gen.step_seed(0, s, r) for s in range(100) for r in range(2)}
     assert len(seeds) == 200  # distinct per (step, rank)
     assert gen.step_seed(0, 5, 0) == gen.step_seed(0, 5, 0)
@@ -318,7 +372,7 @@ def test_paper_plan_through_the_slurm_profile_requests_paper_resources(tmp_path)
     repo = copy_repo(tmp_path)
     fake = fake_sources(tmp_path / "fake")
     proc = snakemake("-n", "results/tables/table4.csv", "--profile", "slurm", "--configfile",
-                     "config.yaml", "slurm/launcher.yaml", str(fake), cwd=repo)
+                     str(fake), cwd=repo)
     out = proc.stdout
     cfg = yaml.safe_load((ROOT / "config.yaml").read_text())["generators"]["resources"]
     blocks = re.split(r"\n(?=rule |localrule )", out)

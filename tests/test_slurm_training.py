@@ -66,7 +66,8 @@ def test_timed_out_training_is_requeued_and_resumes_exactly(slurm_cluster, tmp_p
                launcher="slurm", log_dir=tmp_path / "submitit",
                slurm_max_num_timeout=10, slurm_signal_delay_s=5)
         log = (remote_dir / "stage.log").read_text()
-        resumed = [int(e) for e in re.findall(r"resuming from .*last\.pt \(epoch (\d+)\)", log)]
+        resumed = [int(e) for e in
+                   re.findall(r"resuming from .*last\.pt at step \d+, after (\d+) epochs", log)]
         if resumed:
             break
         epochs *= 2

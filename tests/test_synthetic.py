@@ -11,6 +11,8 @@ from vqshrink.io import load_torch
 from vqshrink.stages import synthetic as syn
 from vqshrink.training import NonFiniteLossError
 
+from image_fixtures import kill_at_step, nan_at_step
+
 DATA = {"input_dim": 2, "n_clusters": 10, "points_per_cluster": 60, "cluster_std": 1.0,
         "center_box": [-10.0, 10.0], "min_separation": 4.0, "data_seed": 0}
 
@@ -121,6 +123,57 @@ def test_nan_loss_fails_naming_the_step_and_keeps_last_good_state(tmp_path, data
     d = tmp_path / "nan"
     assert load_torch(d / "state" / "last.pt")["epoch"] == 2
     assert not (d / "model.pt").exists()
+
+
+def train_only(d, data, s, interval_s=0.0):
+    """The VQ stage alone, from the init already in ``d``."""
+    syn.train_vq(data=data, init=str(d / "init.pt"), model=str(d / "model.pt"),
+                 curve=str(d / "curve.csv"), record=str(d / "run.json"), settings=s,
+                 preset="test", state_dir=str(d / "state"), checkpoint_interval_s=interval_s)
+
+
+def same_models(a, b):
+    x, y = load_torch(a / "model.pt")["model"], load_torch(b / "model.pt")["model"]
+    for key in x:
+        torch.testing.assert_close(x[key], y[key], rtol=0, atol=0, msg=key)
+
+
+def test_state_from_before_an_upstream_change_is_not_resumed(tmp_path, data, monkeypatch):
+    """Killed, then the codebook init reruns with other k-means settings (the VQ stage's own
+    settings unchanged): the VQ stage starts afresh from the new init, not from old state."""
+    ref = run_vq(tmp_path, data, "ref", epochs=6, kmeans_iters=1)
+    kill_at_step(syn, monkeypatch, 25)
+    with pytest.raises(KeyboardInterrupt):
+        run_vq(tmp_path, data, "cut", epochs=6)  # k-means with 5 iterations
+    d = tmp_path / "cut"
+    syn.init_codebook(data=data, init=str(d / "init.pt"), embeddings=str(d / "emb.npz"),
+                      record=str(d / "init.json"), settings=settings(kmeans_iters=1),
+                      preset="test")
+    train_only(d, data, settings(epochs=6))
+    same_models(ref, d)
+    assert len(list((d / "state").glob("stale-*.pt"))) == 1
+
+
+def test_nan_loss_keeps_the_state_before_it_and_a_rerun_resumes_there(tmp_path, data,
+                                                                         monkeypatch):
+    """No periodic save yet (long interval): the NaN at step 23 still leaves the finite state
+    before it in last.pt, named in the message; without the NaN a rerun resumes there
+    (mid-epoch) and ends with the uninterrupted run's weights. A learned codebook: an EMA one
+    would already hold the failed step's batch (the forward pass updates it)."""
+    s = settings(epochs=6, ema_decay=None)
+    ref = run_vq(tmp_path, data, "ref", epochs=6, ema_decay=None)
+    d = tmp_path / "nan"
+    syn.init_codebook(data=data, init=str(d / "init.pt"), embeddings=str(d / "emb.npz"),
+                      record=str(d / "init.json"), settings=s, preset="test")
+    nan_at_step(syn, monkeypatch, 23)
+    with pytest.raises(NonFiniteLossError) as err:
+        train_only(d, data, s, interval_s=3600)
+    assert str(d / "state" / "last.pt") in str(err.value)
+    kept = load_torch(d / "state" / "last.pt")
+    assert (kept["epoch"], kept["batch"], kept["step"]) == (2, 3, 23)
+    monkeypatch.undo()
+    train_only(d, data, s, interval_s=3600)
+    same_models(ref, d)
 
 
 def test_ddp_two_processes_match_one(tmp_path, data, monkeypatch):

@@ -17,7 +17,8 @@ from vqshrink.io import load_json, load_torch
 from vqshrink.stages import tokenizer as tok
 from vqshrink.stages import tokenizer_report as rep
 
-from image_fixtures import FID, data, fid_net, kill_at_step, one_thread  # noqa: F401 (fixtures)
+from image_fixtures import (FID, data, fid_net, kill_at_step, nan_at_step,  # noqa: F401
+                            one_thread)
 from repo_helpers import ROOT, copy_repo, fake_sources, planned_jobs, snakemake
 
 
@@ -26,7 +27,7 @@ ARCH = {"family": "vqgan", "resolution": 16, "ch": 32, "ch_mult": [1, 1], "num_r
 SWEEP_ARCH = {"family": "cifar_vqvae", "resolution": 16, "hidden": 16, "res_hidden": 8,
               "res_blocks": 1, "embed_dim": 4}
 LOSS = {"pixel_weight": 1.0, "perceptual_weight": 0.0, "codebook_weight": 1.0,
-        "lpips_net": "vgg", "lpips_pretrained": False, "gan": False, "disc_start": 0,
+        "lpips_net": "vgg", "lpips_pretrained": False, "gan": False, "disc_start_epochs": 0,
         "disc_weight": 0.8, "adaptive": True, "disc_betas": [0.5, 0.9], "disc_layers": 2}
 TRAIN = {"batch_size": 32, "lr": 1e-3, "min_lr": 1e-5, "betas": [0.9, 0.95],
          "weight_decay": 0.0, "amsgrad": False, "grad_clip": 1.0, "scheduler": "plateau",
@@ -222,6 +223,26 @@ def test_every_stage_on_tiny_digits(data, fid_net, tmp_path, quantizer, gan):
                                        rtol=1e-4, atol=1e-4)
 
 
+def test_gan_starts_after_its_epochs_and_early_stopping_counts_from_there(data, tmp_path):
+    """disc_start_epochs counts epochs of the VQ phase (6 steps each here); with lr 0 the
+    validation loss never improves, so patience 1 stops a run at its second evaluation,
+    but a GAN run counts evaluations only once the discriminator has trained."""
+    model = model_cfg("vq")
+    runs = {}
+    for gan in (False, True):
+        d = init(data, tmp_path / str(gan), model, "baseline")
+        s = vq_settings(model, gan=gan, checkpoint="final", epochs=4, lr=0.0,
+                        scheduler="none", early_stopping_patience=1)
+        s["loss"]["disc_start_epochs"] = 2
+        train(data, d, s, None)
+        runs[gan] = pd.read_csv(d / "curve.csv")
+    assert list(runs[False]["epoch"]) == [1, 2]  # stopped early
+    gan = runs[True]
+    assert list(gan["epoch"]) == [1, 2, 3, 4]  # evaluations 3 and 4 count: no early stop
+    assert (gan["d_loss"][:2] == 0).all() and (gan["d_loss"][2:] != 0).all()
+    assert list(gan["step"]) == [6, 12, 18, 24]
+
+
 def test_vq_tokens_are_hw_maps(data, tmp_path):
     d = init(data, tmp_path / "b", model_cfg("vq"), "baseline")
     train(data, d, vq_settings(model_cfg("vq"), checkpoint="final"), None)
@@ -254,6 +275,45 @@ def test_resume_mid_epoch_gives_the_uninterrupted_weights(data, fid_net, tmp_pat
     same_weights(str(ref / "model.pt"), str(cut / "model.pt"))
     a, b = pd.read_csv(ref / "curve.csv"), pd.read_csv(cut / "curve.csv")
     pd.testing.assert_frame_equal(a.drop(columns="seconds"), b.drop(columns="seconds"))
+
+
+def test_state_from_before_an_upstream_change_is_not_resumed(data, tmp_path, monkeypatch):
+    """Killed mid-run; the codebook init then reruns with other k-means settings (the VQ
+    stage's own settings unchanged): the VQ stage starts afresh, the old state set aside."""
+    model = model_cfg("vq")
+    s = vq_settings(model, checkpoint="final", epochs=2)
+    cut = init(data, tmp_path / "cut", model, "baseline")
+    seen = kill_at_step(tok, monkeypatch, 8)
+    with pytest.raises(KeyboardInterrupt):
+        train(data, cut, s, None)
+    other = init_settings(model, "baseline")
+    other["kmeans"] = {**other["kmeans"], "iters": 1}
+    tok.init_codebook(data=data, init=str(cut / "init.pt"), embeddings=str(cut / "emb.npz"),
+                      record=str(cut / "init.json"), settings=other, preset="test")
+    seen.clear()
+    train(data, cut, s, None)
+    assert seen[0] == 0  # from the first step, not from the old state
+    assert len(list((cut / "state").glob("stale-*.pt"))) == 1
+
+
+def test_nan_loss_keeps_the_state_before_it(data, tmp_path, monkeypatch):
+    model = model_cfg("vq")
+    d = init(data, tmp_path / "nan", model, "baseline")
+    nan_at_step(tok, monkeypatch, 2)
+    with pytest.raises(FloatingPointError, match=r"step 2.*kept in .*last\.pt"):
+        tok.train_vq(data=data, init=str(d / "init.pt"), model=str(d / "model.pt"),
+                     curve=str(d / "curve.csv"), record=str(d / "run.json"),
+                     settings=vq_settings(model, checkpoint="final"), preset="test",
+                     state_dir=str(d / "state"), checkpoint_interval_s=3600)
+    assert load_torch(d / "state" / "last.pt")["pos"] == {"epoch": 0, "batch": 2, "step": 2}
+
+
+def test_batch_larger_than_the_split_names_the_key(data, tmp_path):
+    model = model_cfg("vq")
+    d = init(data, tmp_path / "big", model, "baseline")
+    with pytest.raises(ValueError, match=r"tokenizers\.training\.batch_size"):
+        train(data, d, vq_settings(model, checkpoint="final", batch_size=1000), None)
+    assert not (d / "model.pt").exists()
 
 
 def test_ddp_two_processes_match_one(data, tmp_path, monkeypatch):
@@ -393,6 +453,8 @@ def test_missing_weights_stop_before_training_naming_file_url_and_path(repo, tmp
     assert proc.returncode != 0
     target = tmp_path / "weights" / "hub" / "checkpoints"
     assert "inception-2015-12-05.pt" in out or "vgg16-397923af.pth" in out
+    # only what is missing is named (the dataset paths are set), without a traceback
+    assert "config key datasets." not in out and "Traceback" not in out
     assert "https://" in out and str(target) in out and "fetch_weights" in out
     # the sweep needs no pretrained metric network: it plans without them
     proc = snakemake("-n", "results/figures/fig4.png", "--configfile", "config.yaml",

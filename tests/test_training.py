@@ -49,9 +49,8 @@ def test_atomic_save_leaves_no_partial_file(tmp_path, monkeypatch):
     target = tmp_path / "x.pt"
     save_torch({"v": 1}, target)
 
-    def boom(obj, f):
-        with open(f, "wb") as fh:
-            fh.write(b"partial")
+    def boom(obj, fh):  # save_torch hands torch an open file
+        fh.write(b"partial")
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", boom)

@@ -76,11 +76,11 @@ def test_generation_targets_dry_run(preset, tmp_path):
 def test_slurm_profile_dry_run_uses_the_slurm_launcher(tmp_path):
     repo = copy_repo(tmp_path)
     proc = snakemake("-n", "--profile", "slurm", "results/tables/synthetic.csv", cwd=repo)
-    assert "synthetic_train_vq" in proc.stdout
-    # the profile's launcher file is layered over config.yaml, --config still works on top
-    proc = snakemake("-n", "--profile", "slurm", "--config", "preset=demo",
-                     "--printshellcmds", "results/tables/synthetic.csv", cwd=repo)
-    assert proc.returncode == 0
+    assert "synthetic_train_vq" in proc.stdout and "launcher=slurm" in proc.stdout
+    # the profile's launcher is a default resource: --config does not drop it
+    proc = snakemake("-n", "--profile", "slurm", "--printshellcmds",
+                     "results/tables/synthetic.csv", "--config", "preset=demo", cwd=repo)
+    assert proc.returncode == 0 and "launcher=slurm" in proc.stdout
 
 
 def test_env_files_parse_and_name_every_runtime_dependency():
@@ -136,6 +136,23 @@ def test_unwritable_results_directory_is_a_clear_error(how, tmp_path):
     assert "not writable" in proc.stdout + proc.stderr
 
 
+@pytest.mark.parametrize("where", ["results/state", "results/state/synthetic/dim2"])
+def test_unwritable_state_directory_stops_before_any_job(where, tmp_path):
+    """Training state is written while a stage trains: a read-only state directory must stop
+    the run before any job, not at a stage's first save."""
+    repo = copy_repo(tmp_path)
+    target = repo / where
+    target.parent.mkdir(parents=True)
+    _make_unwritable(target, "immutable")
+    try:
+        proc = snakemake("-c1", "results/tables/synthetic.csv", cwd=repo, check=False)
+    finally:
+        subprocess.run(["chattr", "-i", str(target)], capture_output=True)
+    assert proc.returncode != 0
+    assert f"results directory {target.resolve()} is not writable" in proc.stdout + proc.stderr
+    assert not (repo / "results" / "synthetic").exists()  # no job ran
+
+
 # ---------------------------------------------------------------- the demo, end to end
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
@@ -183,7 +200,8 @@ def test_report_has_every_table_and_figure(demo_run):
     repo, _ = demo_run
     snakemake("--report", "report.zip", "--config", "preset=demo", cwd=repo)
     names = zipfile.ZipFile(repo / "report.zip").namelist()
-    wanted = [*TARGETS, *GEN_TARGETS, *(f"results/figures/curves/{c}.png" for c in CURVES)]
+    wanted = [*TARGETS, *GEN_TARGETS, *(f"results/figures/curves/{c}.png" for c in CURVES),
+              "results/tables/claims.csv"]
     for target in wanted:
         assert any(n.endswith("/" + Path(target).name) for n in names), target
 
@@ -201,7 +219,11 @@ def test_demo_tables_record_preset_and_every_run(demo_run):
     assert per_seed["modes_covered"].between(0, cfg["n_clusters"]).all()
     claims = pd.read_csv(repo / "results/tables/synthetic_claims.csv")
     assert set(claims["input_dim"]) == set(cfg["input_dims"])
-    assert claims["verdict"].notna().all()
+    assert set(claims["verdict"]) <= {"reproduced", "within noise", "opposite"}
+    image = pd.read_csv(repo / "results/tables/claims.csv", dtype={"table": str})
+    assert set(image["table"]) == {"2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12"}
+    assert set(image["verdict"]) <= {"single run", "no paper value", "no run value"}
+    assert set(image.loc[image["table"] == "12", "verdict"]) == {"no paper value"}
 
 
 @pytest.mark.workflow

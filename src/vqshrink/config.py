@@ -1,8 +1,9 @@
 """Configuration: preset overlay and validation with errors that name the key.
 
 The workflow's ``config.yaml`` describes the paper (``preset: paper``). A preset is a
-partial config under ``presets.<name>`` that is deep-merged over the base config;
-``--config preset=demo`` selects one. Validation runs on the merged result against
+partial config under ``presets.<name>`` that is deep-merged over the base config, below
+the user's ``--configfile`` files and ``--config`` values; ``--config preset=demo``
+selects one. Validation runs on the merged result against
 ``workflow/schemas/config.schema.yaml`` so that an unknown key, a wrong type or an
 impossible value stops the run before any job starts.
 """
@@ -10,7 +11,7 @@ impossible value stops the run before any job starts.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import jsonschema
@@ -65,20 +66,30 @@ def validate(config: Mapping, schema: Mapping | str | Path) -> None:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(_describe(e) for e in errors))
 
 
-def resolve(config: Mapping, schema: Mapping | str | Path) -> dict:
-    """Apply the selected preset over ``config`` and validate the result.
+def resolve(config: Mapping, schema: Mapping | str | Path,
+            user_layers: Sequence[Mapping] = ()) -> dict:
+    """Layer the config and validate the result.
 
+    Precedence, lowest first: ``config`` (the workflow's config.yaml), the preset it
+    selects, then ``user_layers`` in order (the user's ``--configfile`` files, then
+    ``--config``), so that a user's setting beats the preset's. The preset is chosen (and
+    the ``presets`` section read) after all layers, so a user layer may select or edit it.
     The returned dict has ``preset`` set to the preset used; the ``presets`` section is
     kept so that a job can record what the overlay was.
     """
-    presets = config.get("presets", {}) or {}
-    name = config.get("preset", "paper")
+    top = config
+    for layer in user_layers:
+        top = deep_merge(top, layer)
+    presets = top.get("presets", {}) or {}
+    name = top.get("preset", "paper")
     if name != "paper" and name not in presets:
         raise ConfigError(
             f"config key preset: {name!r} is not defined; choose 'paper' or one of "
             f"presets: {', '.join(sorted(presets)) or '(none)'}"
         )
     merged = deep_merge(config, presets.get(name, {}) or {})
+    for layer in user_layers:
+        merged = deep_merge(merged, layer)
     merged["preset"] = name
     try:
         validate(merged, schema)
@@ -189,8 +200,59 @@ def _generator_problems(config: Mapping) -> list[str]:
 
 
 def load(path: str | Path, schema: str | Path, overrides: Mapping | None = None) -> dict:
-    """Load ``config.yaml``, merge ``overrides`` (like ``--config``) and resolve it."""
+    """Load ``config.yaml`` and resolve it with ``overrides`` (like ``--config``) on top."""
     config = yaml.safe_load(Path(path).read_text()) or {}
+    return resolve(config, schema, [overrides] if overrides else [])
+
+
+def _scalar(text: str) -> object:
+    """A YAML scalar of a nested ``--config`` value: Snakemake's parser keeps every value
+    inside a nested mapping as a string ('5', 'true', '1e-3')."""
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return value if value is None or isinstance(value, bool) else text
+
+
+def parse_nested_overrides(overrides: Mapping) -> dict:
+    """``--config`` values with the scalars inside nested mappings and lists parsed
+    (``synthetic={"epochs": {"baseline": 5}}`` gives the integer 5). Top-level values are
+    kept as Snakemake parsed them. A string that looks like a number or a boolean becomes
+    one; to keep it a string, give it in a ``--configfile`` instead."""
+
+    def walk(value: object) -> object:
+        if isinstance(value, Mapping):
+            return {k: walk(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        return _scalar(value) if isinstance(value, str) else value
+
+    return {k: walk(v) if isinstance(v, (Mapping, list)) else v for k, v in overrides.items()}
+
+
+def layered_config(workflow: object, schema: str | Path) -> dict:
+    """:func:`resolve` for a Snakemake workflow: the Snakefile's ``configfile:`` (config.yaml)
+    at the bottom, then its preset, the ``--configfile`` files in order and ``--config``
+    (nested scalars parsed). Snakemake itself merges them all over config.yaml, which would
+    put the preset above the user's files; this rebuilds the order from the workflow's
+    settings. config.yaml given again with ``--configfile`` stays the bottom layer."""
+    from snakemake.common.configfile import load_configfile
+
+    settings = workflow.config_settings  # type: ignore[attr-defined]
+    cli = [Path(f) for f in settings.configfiles]
+    own = [Path(f) for f in workflow.configfiles[len(cli):]]  # type: ignore[attr-defined]
+    base: dict = {}
+    for path in own:
+        base = deep_merge(base, load_configfile(path) or {})
+    own_paths = {p.resolve() for p in own}
+    layers = [load_configfile(p) or {} for p in cli if p.resolve() not in own_paths]
+    overrides = dict(settings.config)
     if overrides:
-        config = deep_merge(config, overrides)
-    return resolve(config, schema)
+        layers.append(parse_nested_overrides(overrides))
+    return resolve(base, schema, layers)

@@ -1,7 +1,8 @@
 """Run a stage: in this process, as N local processes, or as a SLURM job through submitit.
 
-A rule's script calls :func:`launch_from_snakemake` (or :func:`launch`) with a stage
-function from ``vqshrink.stages`` and its keyword arguments. The same Snakemake
+A rule's script calls :func:`launch_from_snakemake` (or :func:`launch`) with a stage of
+``vqshrink.stages``, by name (``"synthetic.train_vq"``) or as the function, and its
+keyword arguments. The same Snakemake
 resources (``gpu``, ``cpus_per_task``, ``mem_mb``, ``runtime``, ``slurm_partition``,
 ``slurm_account``, ``constraint``, ``slurm_extra``) describe the job everywhere:
 
@@ -16,16 +17,26 @@ resources (``gpu``, ``cpus_per_task``, ``mem_mb``, ``runtime``, ``slurm_partitio
   then resumes from the checkpoint it keeps on disk itself.
 
 Stages must be module-level functions of the package, so that they pickle by
-reference and import on the compute node.
+reference and import on the compute node. Given by name, a stage is imported only where it
+runs: a process that waits on a SLURM job never imports torch or the stage modules, so each
+waiting rule costs the login node about 30 MB (printed when its job ends).
+
+Where a rule runs is decided in one place, :func:`placement`: the rules in
+:data:`LOCAL_RULES` (tables, figures, the weight download, tiny data steps) always run on
+the submitting machine (Snakemake's ``localrules`` are set from the same list); every other
+rule runs where the launcher says. A job whose rule asks for GPUs and sees no CUDA device
+stops (:func:`require_gpus`) instead of training on the CPU.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import math
 import os
 import pickle
 import re
+import resource
 import shlex
 import signal
 import socket
@@ -36,6 +47,7 @@ import threading
 import time
 import traceback
 import types
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -44,6 +56,32 @@ from typing import Any
 import submitit
 
 LAUNCHERS = ("local", "slurm")
+
+# Rules that run on the submitting machine under every launcher and executor: tables,
+# figures, the weight download (needs internet) and tiny data steps. The workflow sets
+# Snakemake's ``localrules`` from this list (workflow/rules/common.smk).
+LOCAL_RULES = (
+    "synthetic_data",
+    "synthetic_projection",
+    "synthetic_table",
+    "embeddings_collapse",
+    "fig2",
+    "fig3_fig6",
+    "fetch_weights",
+    "tokenizer_table",
+    "fig4",
+    "generator_table",
+    "fig5",
+    "training_curves",
+    "claims",
+    "budget",
+)
+
+Stage = Callable[..., Any] | str  # a function, or its name under vqshrink.stages
+
+
+class GPUUnavailable(RuntimeError):
+    """A job whose rule asked for GPUs sees no CUDA device."""
 
 
 class StageFailed(RuntimeError):
@@ -171,17 +209,65 @@ def make_executor(resources: Resources, *, name: str, folder: str | Path,
     return executor
 
 
+def resolve_stage(stage: Stage) -> Callable[..., Any]:
+    """The stage function: ``"synthetic.train_vq"`` -> ``vqshrink.stages.synthetic.train_vq``
+    (imported here, so only where the stage runs); a function is returned as it is."""
+    if callable(stage):
+        return stage
+    module, _, attr = stage.rpartition(".")
+    try:
+        return getattr(importlib.import_module(f"vqshrink.stages.{module}"), attr)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"unknown stage {stage!r}: {err}") from err
+
+
+def require_gpus(gpus: int, name: str) -> None:
+    """Stop when the rule asked for ``gpus`` > 0 and this process sees no CUDA device (no
+    GPU allocated, or a driver too old for the installed torch), rather than letting
+    ``device: auto`` train on the CPU for days."""
+    if gpus <= 0:
+        return
+    import torch
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count:
+        return
+    why = " ".join(str(w.message).strip() for w in caught)
+    raise GPUUnavailable(
+        f"{name}: the rule asked for {gpus} GPU(s) (resource gpu={gpus}) but this job sees no "
+        f"CUDA device (torch {torch.__version__}, built for CUDA {torch.version.cuda}; "
+        f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '(unset)')})"
+        + (f": {why}" if why else "")
+        + ". Stopped instead of training on the CPU. Run it on a GPU node, or set gpu: 0 in "
+        "the stage group's resources in the config to run on the CPU on purpose."
+    )
+
+
+def placement(rule: str, launcher: str, gpu: int) -> str:
+    """Where a rule's stage runs: ``local`` for :data:`LOCAL_RULES`, else ``launcher``."""
+    if rule in LOCAL_RULES:
+        if gpu > 0:
+            raise ValueError(f"rule {rule} runs on the submitting machine (vqshrink.launch."
+                             f"LOCAL_RULES) but asks for gpu={gpu}")
+        return "local"
+    return launcher
+
+
 class StageJob(submitit.helpers.Checkpointable):
     """``stage(**kwargs)`` as a submitit job that requeues itself on timeout/preemption.
 
+    A stage given by name is imported in the job, not by the process that submits it.
     Nothing is kept in memory across a requeue: ``checkpoint`` resubmits a fresh
     instance with the same arguments, and the stage resumes from its own ``last``
     checkpoint on disk.
     """
 
-    def __init__(self, stage: Callable[..., Any], kwargs: Mapping[str, Any]) -> None:
+    def __init__(self, stage: Stage, kwargs: Mapping[str, Any], gpu: int = 0) -> None:
         self.stage = stage
         self.kwargs = dict(kwargs)
+        self.gpu = gpu
 
     def __call__(self) -> Any:
         env = submitit.JobEnvironment()
@@ -189,15 +275,16 @@ class StageJob(submitit.helpers.Checkpointable):
             _set_dist_env(rank=env.global_rank, world_size=env.num_tasks,
                           local_rank=env.local_rank, master_addr=env.hostnames[0],
                           master_port=_port_for_job(env.raw_job_id))
-        return self.stage(**self.kwargs)
+        require_gpus(self.gpu, _stage_name(self.stage))
+        return resolve_stage(self.stage)(**self.kwargs)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         print(f"vqshrink.launch: requeueing {_stage_name(self.stage)}; it resumes from its "
               "own checkpoint", flush=True)
-        return submitit.helpers.DelayedSubmission(type(self)(self.stage, self.kwargs))
+        return submitit.helpers.DelayedSubmission(type(self)(self.stage, self.kwargs, self.gpu))
 
 
-def launch(stage: Callable[..., Any], kwargs: dict, *, name: str, resources: Resources,
+def launch(stage: Stage, kwargs: dict, *, name: str, resources: Resources,
            launcher: str = "local", log_dir: str | Path = "results/logs/submitit",
            slurm_max_num_timeout: int = 30, slurm_signal_delay_s: int = 120,
            poll_interval_s: float = 1.0) -> Any:
@@ -205,26 +292,34 @@ def launch(stage: Callable[..., Any], kwargs: dict, *, name: str, resources: Res
     if launcher not in LAUNCHERS:
         raise ValueError(f"launcher {launcher!r}: expected one of {', '.join(LAUNCHERS)}")
     if launcher == "local" or inside_slurm_job():
+        require_gpus(resources.gpu, name)
+        fn = resolve_stage(stage)
         nprocs = int(os.environ.get("VQSHRINK_LOCAL_PROCS") or max(1, resources.gpu))
         if nprocs <= 1:
-            return stage(**kwargs)
-        return _spawn_local(stage, kwargs, nprocs)
+            return fn(**kwargs)
+        return _spawn_local(fn, kwargs, nprocs)
     return _run_on_slurm(stage, kwargs, name=name, resources=resources, log_dir=log_dir,
                          max_num_timeout=slurm_max_num_timeout,
                          signal_delay_s=slurm_signal_delay_s, poll_interval_s=poll_interval_s)
 
 
-def launch_from_snakemake(snakemake: Any, stage: Callable[..., Any], kwargs: dict) -> Any:
-    """:func:`launch` for a rule's script: launcher and slurm settings from the rule's
-    params (else the config), resources from the rule, the job named after the rule and
-    its wildcards, logs under ``results/logs/submitit/<rule>``."""
+def launch_from_snakemake(snakemake: Any, stage: Stage, kwargs: dict) -> Any:
+    """:func:`launch` for a rule's script: the launcher from the rule's params, else its
+    ``launcher`` resource (set by the slurm profile's default-resources, which a user's
+    --configfile or --config cannot drop), else the config; :func:`placement` keeps local
+    rules local. Slurm settings from the params (else the config), resources from the rule,
+    the job named after the rule and its wildcards, logs under
+    ``results/logs/submitit/<rule>``."""
     config = getattr(snakemake, "config", None) or {}
-    launcher = _lookup(snakemake.params, "launcher") or config.get("launcher") or "local"
+    launcher = (_lookup(snakemake.params, "launcher") or _lookup(snakemake.resources, "launcher")
+                or config.get("launcher") or "local")
     slurm = _lookup(snakemake.params, "slurm") or config.get("slurm") or {}
     wildcards = ",".join(f"{k}={v}" for k, v in snakemake.wildcards.items())
     name = re.sub(r"[^A-Za-z0-9_.,=+-]+", "-", f"{snakemake.rule}.{wildcards}" if wildcards
                   else snakemake.rule)
-    return launch(stage, kwargs, name=name, resources=Resources.from_snakemake(snakemake.resources),
+    resources = Resources.from_snakemake(snakemake.resources)
+    launcher = placement(snakemake.rule, launcher, resources.gpu)
+    return launch(stage, kwargs, name=name, resources=resources,
                   launcher=launcher, log_dir=Path("results/logs/submitit") / snakemake.rule,
                   slurm_max_num_timeout=int(slurm.get("max_num_timeout", 30)),
                   slurm_signal_delay_s=int(slurm.get("signal_delay_s", 120)))
@@ -321,22 +416,37 @@ def _spawn_local(stage: Callable[..., Any], kwargs: dict, nprocs: int) -> Any:
 # ---------------------------------------------------------------- SLURM through submitit
 
 
-def _stage_name(stage: Callable[..., Any]) -> str:
+def _stage_name(stage: Stage) -> str:
+    if isinstance(stage, str):
+        return f"vqshrink.stages.{stage}"
     return f"{getattr(stage, '__module__', '?')}.{getattr(stage, '__qualname__', stage)}"
 
 
-def _run_on_slurm(stage: Callable[..., Any], kwargs: dict, *, name: str, resources: Resources,
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MB: VmHWM, which starts afresh with the
+    program (getrusage's ru_maxrss carries over the peak of the parent that forked it:
+    Snakemake, with torch loaded)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _run_on_slurm(stage: Stage, kwargs: dict, *, name: str, resources: Resources,
                   log_dir: str | Path, max_num_timeout: int, signal_delay_s: int,
                   poll_interval_s: float) -> Any:
     executor = make_executor(resources, name=name, folder=Path(log_dir) / "%j",
                              max_num_timeout=max_num_timeout, signal_delay_s=signal_delay_s)
     submitted_at = time.time()
-    job = executor.submit(StageJob(stage, kwargs))
+    job = executor.submit(StageJob(stage, kwargs, resources.gpu))
     _drop_stale_results(job, submitted_at)
     print(f"vqshrink.launch: {name}: SLURM job {job.job_id} ({_stage_name(stage)}); "
           f"logs: {job.paths.stdout}, {job.paths.stderr}", file=sys.stderr, flush=True)
     with _cancel_when_interrupted(job):
         _wait(job, poll_interval_s)
+    print(f"vqshrink.launch: {name}: SLURM job {job.job_id} ended; waiting for it took "
+          f"{peak_rss_mb():.0f} MB peak RSS here", file=sys.stderr, flush=True)
     return _collect(job, name)
 
 

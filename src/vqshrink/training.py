@@ -3,8 +3,10 @@
 Training state lives in a stage's ``state_dir``, outside the rule's declared outputs
 (Snakemake deletes those before a rerun). It is one stable file, ``last.pt``, rewritten
 atomically; a requeued SLURM job or a rerun after a crash resumes from it. State made
-with other settings is set aside rather than resumed, and a damaged file is an error,
-never a silent restart.
+with other settings or from other input files (their digests, :mod:`vqshrink.integrity`)
+is set aside as ``stale-<fingerprint>.pt`` rather than resumed; a damaged file (its stored
+checksums do not match) is an error naming it, never a silent restart. A non-finite loss
+keeps the last finite state in ``last.pt`` and says so.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from vqshrink.io import CheckpointError, load_torch, save_torch
+from vqshrink.integrity import input_digests
+from vqshrink.io import CheckpointError, load_torch, remove_leftovers, save_torch
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +52,16 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def check_finite(loss: torch.Tensor, *, epoch: int, step: int, what: str = "loss") -> None:
+def check_finite(loss: torch.Tensor, *, epoch: int, step: int, what: str = "loss",
+                 state: ResumableState | None = None,
+                 snapshot: Callable[[], dict] | None = None) -> None:
+    """Stop on a NaN or infinite ``loss``; with ``state`` and ``snapshot`` (the training state
+    before this step) the last finite state is kept in ``state.path`` and the message says where."""
     if not torch.isfinite(loss).all():
+        kept = (state.keep_finite(snapshot) if state is not None and snapshot is not None
+                else "no training state is kept")
         raise NonFiniteLossError(
-            f"{what} is {loss.item()} at epoch {epoch}, step {step}; "
-            "training stopped, the last good checkpoint is kept"
+            f"{what} is {loss.item()} at epoch {epoch}, step {step}; training stopped; {kept}"
         )
 
 
@@ -63,12 +71,31 @@ def fingerprint(settings: Mapping[str, Any]) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def all_finite(obj: Any) -> bool:
+    """Whether every floating tensor in a (nested) state is finite."""
+    if isinstance(obj, torch.Tensor):
+        return not obj.is_floating_point() or bool(torch.isfinite(obj).all())
+    if isinstance(obj, Mapping):
+        return all(all_finite(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return all(all_finite(v) for v in obj)
+    return True
+
+
+def position(state: Mapping[str, Any]) -> str:
+    """Where a training state stands: epochs and batches done, step."""
+    pos = state.get("pos", state)
+    return (f"step {pos.get('step')}, after {pos.get('epoch')} epochs and "
+            f"{pos.get('batch', 0)} batches")
+
+
 class ResumableState:
     """Owns ``<state_dir>/last.pt`` for one training stage.
 
     ``restore()`` returns the saved dict (or ``None`` to start fresh); ``save(build)``
     writes ``build()`` atomically, and ``maybe_save`` does so at most once per
-    ``interval_s`` seconds. Only rank 0 writes under DDP.
+    ``interval_s`` seconds. Only rank 0 writes under DDP. ``inputs`` (name -> path) are
+    the stage's input files: their digests are part of the fingerprint.
     """
 
     def __init__(
@@ -76,16 +103,45 @@ class ResumableState:
         state_dir: str | Path,
         settings: Mapping[str, Any],
         *,
+        inputs: Mapping[str, str | Path | None] | None = None,
         interval_s: float = 60.0,
         rank: int = 0,
     ) -> None:
         self.path = Path(state_dir) / "last.pt"
-        self.fingerprint = fingerprint(settings)
+        self.inputs = input_digests(inputs or {})
+        self.settings_fingerprint = fingerprint(settings)
+        self.fingerprint = fingerprint({"settings": self.settings_fingerprint,
+                                        "inputs": self.inputs})
         self.interval_s = interval_s
         self.rank = rank
+        self.saved_at: str | None = None  # position of the last save of this run
         self._last_save = time.monotonic()
 
+    def _tidy(self) -> None:
+        """Remove what killed saves left; list the states set aside earlier."""
+        remove_leftovers(self.path)
+        stale = sorted(self.path.parent.glob("stale-*.pt"))
+        if stale:
+            size = sum(p.stat().st_size for p in stale) / 2**20
+            log.warning("%d training state(s) made with other settings or inputs are kept in "
+                        "%s (%.1f MiB): %s; delete them once not needed", len(stale),
+                        self.path.parent, size, ", ".join(p.name for p in stale))
+
+    def _difference(self, state: Mapping[str, Any]) -> str:
+        if "inputs" not in state or "settings_fingerprint" not in state:
+            return "with other settings or inputs"
+        why = []
+        if state["settings_fingerprint"] != self.settings_fingerprint:
+            why.append("with other settings")
+        changed = sorted(k for k in {*state["inputs"], *self.inputs}
+                         if state["inputs"].get(k) != self.inputs.get(k))
+        if changed:
+            why.append(f"from other inputs ({', '.join(changed)})")
+        return " and ".join(why)
+
     def restore(self, map_location: str | torch.device = "cpu") -> dict | None:
+        if self.rank == 0 and self.path.parent.is_dir():
+            self._tidy()
         if not self.path.exists():
             return None
         state = load_torch(self.path, map_location=map_location)
@@ -98,15 +154,19 @@ class ResumableState:
             stale = self.path.with_name(f"stale-{state['fingerprint']}.pt")
             if self.rank == 0:
                 os.replace(self.path, stale)
-            log.warning("training state in %s was made with other settings; moved to %s "
-                        "and starting afresh", self.path, stale.name)
+            log.warning("training state in %s was made %s; moved to %s and starting afresh",
+                        self.path, self._difference(state), stale.name)
             return None
-        log.info("resuming from %s (epoch %s)", self.path, state.get("epoch"))
+        log.info("resuming from %s at %s", self.path, position(state))
         return state
 
     def save(self, build: Callable[[], dict]) -> None:
         if self.rank == 0:
-            save_torch({**build(), "fingerprint": self.fingerprint}, self.path)
+            state = build()
+            save_torch({**state, "fingerprint": self.fingerprint,
+                        "settings_fingerprint": self.settings_fingerprint,
+                        "inputs": self.inputs}, self.path)
+            self.saved_at = position(state)
         self._last_save = time.monotonic()
 
     def maybe_save(self, build: Callable[[], dict], *, force: bool = False) -> bool:
@@ -114,6 +174,22 @@ class ResumableState:
             self.save(build)
             return True
         return False
+
+    def keep_finite(self, build: Callable[[], dict]) -> str:
+        """After a non-finite loss: save ``build()`` if all of it is finite; say what is kept."""
+        state = build()
+        if all_finite(state):
+            self.save(lambda: state)
+            return (f"the training state before this step ({position(state)}: weights and "
+                    "optimizer as they were; running statistics such as an EMA codebook "
+                    f"already hold this batch) is kept in {self.path}; a rerun with the same "
+                    "settings resumes there, other settings start afresh")
+        if self.path.exists():
+            when = f" ({self.saved_at})" if self.saved_at else ""
+            return (f"the weights are no longer finite and were not saved; the last state "
+                    f"saved{when} is kept in {self.path}")
+        return (f"the weights are no longer finite and no earlier state was saved "
+                f"({self.path} does not exist)")
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:

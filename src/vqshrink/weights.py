@@ -31,15 +31,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import http.client
 import importlib.util
 import os
 import sys
+import urllib.error
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from vqshrink.errors import PlainError
 from vqshrink.io import atomic_path
 
 INCEPTION_FILE = "inception-2015-12-05.pt"
@@ -76,12 +79,30 @@ class WeightFile:
         return self.path.is_file() and self.path.stat().st_size > 0
 
 
-class MissingWeightsError(RuntimeError):
+class MissingWeightsError(PlainError):
     """Pretrained weights are absent; ``.missing`` lists them, the message says how to fetch."""
 
     def __init__(self, missing: Sequence[WeightFile], cache_dir: str | Path | None = None):
         self.missing = list(missing)
         super().__init__(_missing_message(self.missing, cache_dir))
+
+
+class WeightsDownloadError(MissingWeightsError):
+    """A download failed (no internet, host unreachable): the message names the URL, the
+    reason, and where every still-missing file goes when fetched by hand."""
+
+    def __init__(self, failed: WeightFile, reason: BaseException,
+                 missing: Sequence[WeightFile], cache_dir: str | Path | None = None):
+        super().__init__(missing, cache_dir)
+        self.failed = failed
+        self.args = (
+            f"could not download {failed.url}: {reason}\n"
+            "Fetching pretrained weights needs internet access, and this machine could not "
+            "reach that address. Run `snakemake -c1 fetch_weights` on a machine with internet "
+            "that sees the same weight directory (e.g. a login node), or fetch the files by "
+            "hand elsewhere and put each at its path below. Nothing was saved.\n"
+            + self.args[0],
+        )
 
 
 def checkpoint_dir(cache_dir: str | Path | None = None) -> Path:
@@ -220,6 +241,11 @@ def _missing_message(missing: Sequence[WeightFile], cache_dir: str | Path | None
     return "\n".join(lines)
 
 
+# What a failed connection raises (urllib's URLError covers DNS and refused connections).
+NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, ConnectionError,
+                  TimeoutError)
+
+
 def _download(url: str, dst: Path) -> None:
     """Fetch ``url`` into ``dst`` (a temporary file the caller moves into place)."""
     torch.hub.download_url_to_file(url, str(dst), progress=True)
@@ -259,11 +285,15 @@ def fetch_weights(
         if w.bundled:
             raise MissingWeightsError([w], cache_dir)
         print(f"downloading {w.url} -> {w.path}", file=sys.stderr)
-        with atomic_path(w.path) as tmp:
-            _download(w.url, tmp)
-            prefix = _hash_prefix(w.name)
-            if prefix is not None and not _sha256(tmp).startswith(prefix):
-                raise RuntimeError(f"{w.url}: sha256 does not start with {prefix}; not saved")
+        try:
+            with atomic_path(w.path) as tmp:
+                _download(w.url, tmp)
+                prefix = _hash_prefix(w.name)
+                if prefix is not None and not _sha256(tmp).startswith(prefix):
+                    raise RuntimeError(f"{w.url}: sha256 does not start with {prefix}; not saved")
+        except NETWORK_ERRORS as err:
+            still = missing_weights(fid, lpips_net, cache_dir, lpips_version)
+            raise WeightsDownloadError(w, err, still, cache_dir) from None
     needed = check_weights(fid, lpips_net, cache_dir, lpips_version)
     return [w.path for w in needed if not w.bundled]
 

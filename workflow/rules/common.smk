@@ -8,18 +8,22 @@ from snakemake.exceptions import WorkflowError
 # The package is imported from this repository's src/ (installed or not).
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from vqshrink import config as vqconfig
+from vqshrink import launch as vqlaunch
+from vqshrink.code_version import code_version
 
-# Apply the preset overlay and validate the result before any rule is built.
-_resolved = vqconfig.resolve(
-    config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
+# Layer config.yaml < preset < --configfile files < --config and validate the result,
+# before any rule is built (vqshrink.config.layered_config).
+_resolved = vqconfig.layered_config(
+    workflow, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
 )
 config.clear()
 config.update(_resolved)
 
 
-def check_results_writable(root="results"):
+def check_results_writable(root="results", below=False):
     """Stop before any job when outputs could not be written (a file in the way, a
-    read-only or immutable directory), naming the directory."""
+    read-only or immutable directory; with ``below``, also one inside ``root``), naming
+    the directory."""
     path = Path(root)
     probe = path / f".write-probe-{os.getpid()}"
     try:
@@ -30,14 +34,29 @@ def check_results_writable(root="results"):
         raise WorkflowError(
             f"results directory {path.resolve()} is not writable: {err}"
         )
+    for sub in path.rglob("*") if below else []:
+        if sub.is_dir() and not os.access(sub, os.W_OK):
+            raise WorkflowError(f"results directory {sub.resolve()} is not writable")
 
 
 check_results_writable()
+check_results_writable("results/state", below=True)  # written while stages train
 
 PRESET = config["preset"]
 SYN = config["synthetic"]
 STAGE_SCRIPT = "../scripts/stage.py"
 ENV = "../../envs/vqshrink.yaml"
+
+# Where rules run is decided in one place (vqshrink.launch.placement): these rules (tables,
+# figures, the weight download, tiny data steps) run on the submitting machine under every
+# launcher and executor (what the `localrules:` directive does); every other rule is a job.
+workflow.localrules(*vqlaunch.LOCAL_RULES)
+
+
+def stage_params(stage):
+    """A rule's stage and a fingerprint of the code it runs (vqshrink.code_version):
+    a code change reruns the stages running that code and their dependents only."""
+    return {"stage": stage, "code": code_version(stage)}
 
 
 # ---------------------------------------------------------------- paths
@@ -161,6 +180,7 @@ def collapse_runs():
 import functools
 import re
 
+from vqshrink import prerequisites as vqprereq
 from vqshrink import weights as vqweights
 
 DATASETS = config["datasets"]
@@ -192,14 +212,15 @@ def used_dataset(paper_dataset):
 
 
 def check_dataset_sources(dataset):
-    """A dataset whose source path is null stops the run before any job, naming the key."""
-    for key, what in DATASET_SOURCES[dataset].items():
-        if DATASETS[dataset][key] is None:
-            raise WorkflowError(
-                f"dataset {dataset} is needed by the requested targets, but config key "
-                f"datasets.{dataset}.{key} is null: set it (in config.yaml or a file given "
-                f"with --configfile) to {what}"
-            )
+    """A dataset whose source path is null stops the run before any job (see
+    stop_for_prerequisites)."""
+    null = [k for k in DATASET_SOURCES[dataset] if DATASETS[dataset][k] is None]
+    if null:
+        stop_for_prerequisites(
+            f"dataset {dataset} is needed by the requested targets, but "
+            + ", ".join(f"datasets.{dataset}.{k}" for k in null)
+            + " is null"
+        )
 
 
 def get_dataset_sources(w):
@@ -242,26 +263,50 @@ def get_fid_classifier(w):
 
 @functools.cache
 def _missing_weights(fid, lpips_net):
-    try:
-        vqweights.check_weights(
-            fid=fid, lpips_net=lpips_net, cache_dir=METRICS["weights_dir"]
-        )
-    except vqweights.MissingWeightsError as err:
-        return str(err)
-    return None
+    return vqweights.missing_weights(fid, lpips_net, METRICS["weights_dir"])
 
 
 def require_weights(w, *, fid=False, lpips_net=None):
     """Stop the DAG (before any job) when the job's dataset has no source path, or when
-    pretrained weights it needs are missing (named with URL and target path)."""
+    pretrained weights it needs are missing (see stop_for_prerequisites)."""
     check_dataset_sources(w.dataset)
-    message = _missing_weights(fid, lpips_net)
-    if message:
-        raise WorkflowError(
-            f"{message}\nWith this workflow: `snakemake -c1 fetch_weights` where there is "
-            "internet, into the cache set by config key metrics.weights_dir."
+    missing = _missing_weights(fid, lpips_net)
+    if missing:
+        stop_for_prerequisites(
+            "the requested targets need pretrained weights that are not on disk: "
+            + ", ".join(f.name for f in missing)
         )
     return {}
+
+
+def datasets_needed_by():
+    """Dataset actually used -> the paper targets that read it (for the message below)."""
+    uses = [(t["dataset"], f"results/tables/{n}.csv") for n, t in TOK["tables"].items()]
+    uses += [
+        (t["dataset"], f"results/tables/{n}.csv") for n, t in GEN["tables"].items()
+    ]
+    uses += [(SWEEP["dataset"], "results/figures/fig4.png")]
+    uses += [(d, "results/figures/fig5.png") for d in GEN["fig5"]["datasets"]]
+    needed = {}
+    for paper_dataset, target in uses:
+        needed.setdefault(used_dataset(paper_dataset), []).append(target)
+    return needed
+
+
+def stop_for_prerequisites(reason):
+    """Stop Snakemake with one message naming everything the configured experiments still
+    lack from the user (every null dataset key, every missing weight file with URL and
+    target path, the one fetch command), not just what stopped this run."""
+    keys = vqprereq.missing_dataset_keys(
+        DATASETS, DATASET_SOURCES, datasets_needed_by()
+    )
+    need = weights_to_fetch()
+    files = vqprereq.missing_weight_files(
+        need["fid"], need["lpips_nets"], METRICS["weights_dir"]
+    )
+    raise vqprereq.PrerequisitesMissing(
+        vqprereq.message(reason, keys, files, METRICS["weights_dir"], PRESET)
+    )
 
 
 def get_ref_weights(w):
@@ -802,11 +847,161 @@ def generator_targets():
     return tables + ["results/figures/fig5.png"] + curves
 
 
+# ---------------------------------------------------------------- plan: budget and checks
+# Every training run of the targets, with the settings its stage gets, goes through the
+# package's plan (vqshrink.plan.budget: no torch): the budget table, and checks that refuse
+# before any job a schedule that would void an experiment on the dataset's real size.
+from types import SimpleNamespace
+
+from vqshrink.plan import budget as vqbudget
+
+PLAN = config["plan"]
+RUN_PATTERNS = {
+    "tokenizer_pretrain_ae": r"results/tokenizers/(?P<dataset>[^/]+)/ae-(?P<arch>[^/]+)",
+    "tokenizer_train_vq": r"results/tokenizers/(?P<dataset>[^/]+)/(?P<variant>[^/]+)/"
+    r"(?P<schedule>baseline|deferred)",
+    "generator_train": r"results/generators/(?P<dataset>[^/]+)/(?P<generator>[^/]+)/"
+    r"(?P<variant>[^/]+)/(?P<schedule>baseline|deferred)",
+    "synthetic_train_vq": r"results/synthetic/dim(?P<dim>\d+)/h(?P<hidden>\d+)/"
+    r"seed(?P<seed>\d+)/(?P<schedule>baseline|deferred)",
+}
+
+
+def planned_run(rule_name, run):
+    """The plan's view of one training run directory (its stage's settings)."""
+    w = SimpleNamespace(**re.fullmatch(RUN_PATTERNS[rule_name], run).groupdict())
+    if rule_name == "synthetic_train_vq":
+        phase = syn_vq_phase(w)
+        return vqbudget.synthetic_run(
+            rule_name=rule_name,
+            run=run,
+            settings=syn_train_settings(w, phase),
+            phase=phase,
+            resources=stage_resources("synthetic"),
+            kmeans_points=SYN["kmeans_points"],
+        )
+    if rule_name == "generator_train":
+        return vqbudget.generator_run(
+            run=run,
+            dataset=w.dataset,
+            resolution=DATASETS[w.dataset]["resolution"],
+            settings=gen_train_settings(w),
+            resources=gen_resources("train"),
+        )
+    exp = tok_experiment(w)
+    common = {
+        "rule_name": rule_name,
+        "run": run,
+        "dataset": w.dataset,
+        "section": "vqvae_sweep" if exp is SWEEP else "tokenizers",
+        "resources": exp["resources"]["train"],
+    }
+    if rule_name == "tokenizer_pretrain_ae":
+        return vqbudget.tokenizer_run(
+            **common,
+            model=f"{w.arch}/ae",
+            settings=tok_ae_settings(w),
+            phase="pretrain",
+        )
+    spec = variant_spec(w.variant)
+    model = f"{spec['architecture']}/{spec['quantizer']}"
+    if spec["gan"]:
+        model = f"{spec['architecture']}/{spec['quantizer']}+gan"
+    return vqbudget.tokenizer_run(
+        **common,
+        model=model,
+        settings=tok_train_settings(w),
+        phase="baseline" if w.schedule == "baseline" else "finetune",
+        kmeans=tok_init_settings(w),
+    )
+
+
+def planned_runs():
+    """Every training run of the targets (the curve inventories and Fig. 5), in DAG order."""
+    runs = {}
+    for run in main_runs() + collapse_runs():
+        w = SimpleNamespace(
+            **re.fullmatch(RUN_PATTERNS["synthetic_train_vq"], run).groupdict()
+        )
+        if w.schedule == "deferred":
+            ae = syn_run(w, "ae")
+            runs[ae] = vqbudget.synthetic_run(
+                rule_name="synthetic_pretrain_ae",
+                run=ae,
+                settings=syn_train_settings(w, "pretrain"),
+                phase="pretrain",
+                resources=stage_resources("synthetic"),
+            )
+        runs[run] = planned_run("synthetic_train_vq", run)
+    curves = [
+        c
+        for group in ("tokenizers", "sweep", "generators")
+        for d in curve_datasets(group)
+        for _, _, c in curve_runs(group, d)
+    ]
+    curves.extend(f"{p['run']}/model/curve.csv" for p in fig5_panels())
+    for curve in curves:
+        run = re.sub(r"(/vq|/model)?/curve\.csv$", "", curve)
+        name = next(r for r, pat in RUN_PATTERNS.items() if re.fullmatch(pat, run))
+        runs.setdefault(run, planned_run(name, run))
+    return list(runs.values())
+
+
+def planned_split_sizes(runs):
+    """({dataset: split sizes}, {dataset: where they come from}) of the planned runs."""
+    sizes, sources = {}, {}
+    n = SYN["n_clusters"] * SYN["points_per_cluster"]
+    for run in runs:
+        d = run.dataset
+        if d in sizes:
+            continue
+        if d.startswith("gaussians-"):
+            sizes[d] = {"train": n}
+            sources[d] = "synthetic.n_clusters x synthetic.points_per_cluster"
+        else:
+            sizes[d], sources[d] = vqbudget.split_sizes(
+                d, DATASETS[d], PLAN["known_sizes"].get(d)
+            )
+    return sizes, sources
+
+
+@functools.cache
+def budget_plan():
+    """(runs, split sizes, sources) of the targets; refuses impossible schedules."""
+    runs = planned_runs()
+    try:
+        sizes, sources = planned_split_sizes(runs)
+        vqbudget.check(runs, sizes)
+    except vqbudget.PlanError as err:
+        raise WorkflowError(str(err))
+    return runs, sizes, sources
+
+
+def budget_settings():
+    return {"rows": vqbudget.budget_rows(*budget_plan())}
+
+
+def get_step_times(w):
+    """The measured step times of plan.gpu (benchmarks/gpu/<gpu>.csv; null: the only one)."""
+    folder = Path("benchmarks/gpu")
+    if PLAN["gpu"]:
+        found = [folder / f"{PLAN['gpu']}.csv"]
+    else:
+        found = sorted(folder.glob("*.csv"))
+    found = [f for f in found if f.is_file()]
+    return {"step_times": str(found[0])} if len(found) == 1 else {}
+
+
+budget_plan()
+
+
 # ---------------------------------------------------------------- targets
 def all_targets():
     return [
+        "results/plan/budget.csv",
         "results/tables/synthetic.csv",
         "results/tables/synthetic_claims.csv",
+        "results/tables/claims.csv",
         "results/tables/embeddings_collapse.csv",
         "results/figures/fig2.png",
         "results/figures/fig3.png",

@@ -21,7 +21,7 @@ rule prepare_dataset:
     resources:
         **stage_resources("datasets"),
     params:
-        stage="tokenizer.prepare_data",
+        **stage_params("tokenizer.prepare_data"),
         settings=data_settings,
         preset=PRESET,
     script:

@@ -8,12 +8,6 @@ wildcard_constraints:
     group="|".join(CURVE_METRICS),
 
 
-localrules:
-    generator_table,
-    fig5,
-    training_curves,
-
-
 rule generator_train:
     """A class-conditional generator on a tokenizer's train tokens (val tokens: plateau and
     early stopping)."""
@@ -36,7 +30,7 @@ rule generator_train:
     resources:
         **gen_resources("train"),
     params:
-        stage="generator.train",
+        **stage_params("generator.train"),
         settings=gen_train_settings,
         preset=PRESET,
         state_dir=gen_state,
@@ -45,10 +39,12 @@ rule generator_train:
 
 
 rule generator_sample:
-    """A fixed, seeded number of samples per class, decoded by the tokenizer."""
+    """A fixed, seeded number of samples in the test split's class proportions, decoded by
+    the tokenizer."""
     input:
         model=rules.generator_train.output.model,
         tokenizer="results/tokenizers/{dataset}/{variant}/{schedule}/vq/model.pt",
+        data="results/data/{dataset}",
     output:
         images="results/generators/{dataset}/{generator}/{variant}/{schedule}/samples/images.npy",
         labels="results/generators/{dataset}/{generator}/{variant}/{schedule}/samples/labels.npy",
@@ -63,7 +59,7 @@ rule generator_sample:
     resources:
         **gen_resources("sample"),
     params:
-        stage="generator.sample",
+        **stage_params("generator.sample"),
         settings=gen_sample_settings,
         preset=PRESET,
     script:
@@ -86,7 +82,7 @@ rule generator_eval:
     resources:
         **gen_resources("eval"),
     params:
-        stage="generator.evaluate",
+        **stage_params("generator.evaluate"),
         settings=gen_eval_settings,
         preset=PRESET,
         weights=True,
@@ -112,10 +108,9 @@ rule generator_table:
     conda:
         ENV
     params:
-        stage="generator_report.table",
+        **stage_params("generator_report.table"),
         settings=gen_table_settings,
         preset=PRESET,
-        launcher="local",
     script:
         STAGE_SCRIPT
 
@@ -136,7 +131,7 @@ rule fig5:
     conda:
         ENV
     params:
-        stage="generator_report.fig5",
+        **stage_params("generator_report.fig5"),
         settings={
             "panels": fig5_panels(),
             "generator": GEN["models"][GEN["fig5"]["generator"]]["paper_model"],
@@ -144,7 +139,6 @@ rule fig5:
             "per_class": GEN["fig5"]["per_class"],
         },
         preset=PRESET,
-        launcher="local",
     script:
         STAGE_SCRIPT
 
@@ -167,7 +161,7 @@ rule training_curves:
     conda:
         ENV
     params:
-        stage="generator_report.curves",
+        **stage_params("generator_report.curves"),
         settings=lambda w: {
             "title": f"{w.group} on {w.dataset}",
             "runs": [
@@ -177,6 +171,5 @@ rule training_curves:
             "metrics": CURVE_METRICS[w.group],
         },
         preset=PRESET,
-        launcher="local",
     script:
         STAGE_SCRIPT

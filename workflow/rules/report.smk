@@ -1,11 +1,28 @@
-# Tables and figures: small, run on the submitting machine.
+# Tables and figures: small, run on the submitting machine (LOCAL_RULES, common.smk).
 
 
-localrules:
-    synthetic_table,
-    embeddings_collapse,
-    fig2,
-    fig3_fig6,
+rule claims:
+    """The paper's direction (w/ vs w/o Deferred) beside the run's, per image table, metric
+    and row pair, with a verdict that respects seed noise; the report opens with it."""
+    input:
+        tables=[f"results/tables/{t}.csv" for t in [*TOK["tables"], *GEN["tables"]]],
+    output:
+        claims=report(
+            "results/tables/claims.csv",
+            caption="../report/claims.rst",
+            category="Claims",
+        ),
+    log:
+        log_path("claims", "claims"),
+    conda:
+        ENV
+    params:
+        **stage_params("claims_report.claims"),
+        settings={},
+        preset=PRESET,
+    script:
+        STAGE_SCRIPT
+
 
 
 rule synthetic_table:
@@ -27,7 +44,7 @@ rule synthetic_table:
     conda:
         ENV
     params:
-        stage="synthetic_report.tables",
+        **stage_params("synthetic_report.tables"),
         settings={},
         preset=PRESET,
     script:
@@ -54,7 +71,7 @@ rule embeddings_collapse:
     conda:
         ENV
     params:
-        stage="synthetic_report.embeddings_collapse",
+        **stage_params("synthetic_report.embeddings_collapse"),
         settings={"figure_seed": SYN["figure_seed"]},
         preset=PRESET,
     script:
@@ -80,8 +97,8 @@ rule fig2:
     conda:
         ENV
     params:
-        stage="synthetic_report.fig2",
-        settings={"input_dims": SYN["input_dims"]},
+        **stage_params("synthetic_report.fig2"),
+        settings={"input_dims": SYN["input_dims"], "token_dims": SYN["token_dims"]},
         preset=PRESET,
     script:
         STAGE_SCRIPT
@@ -129,7 +146,7 @@ rule fig3_fig6:
     conda:
         ENV
     params:
-        stage="synthetic_report.fig3_fig6",
+        **stage_params("synthetic_report.fig3_fig6"),
         settings={},
         preset=PRESET,
     script:

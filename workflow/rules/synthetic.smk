@@ -11,7 +11,7 @@ rule synthetic_data:
     conda:
         ENV
     params:
-        stage="synthetic.make_data",
+        **stage_params("synthetic.make_data"),
         settings=syn_data_settings,
         preset=PRESET,
     script:
@@ -35,7 +35,7 @@ rule synthetic_pretrain_ae:
     resources:
         **stage_resources("synthetic"),
     params:
-        stage="synthetic.pretrain_ae",
+        **stage_params("synthetic.pretrain_ae"),
         settings=lambda w: syn_train_settings(w, "pretrain"),
         preset=PRESET,
         state_dir=lambda w: syn_state(w, "ae"),
@@ -59,7 +59,7 @@ rule synthetic_init_codebook:
     resources:
         **stage_resources("synthetic"),
     params:
-        stage="synthetic.init_codebook",
+        **stage_params("synthetic.init_codebook"),
         settings=syn_init_settings,
         preset=PRESET,
     script:
@@ -84,7 +84,7 @@ rule synthetic_train_vq:
     resources:
         **stage_resources("synthetic"),
     params:
-        stage="synthetic.train_vq",
+        **stage_params("synthetic.train_vq"),
         settings=lambda w: syn_train_settings(w, syn_vq_phase(w)),
         preset=PRESET,
         state_dir=lambda w: syn_state(w, "vq"),
@@ -104,8 +104,10 @@ rule synthetic_eval:
     conda:
         ENV
     threads: 1
+    resources:
+        **stage_resources("synthetic"),
     params:
-        stage="synthetic.evaluate",
+        **stage_params("synthetic.evaluate"),
         settings=lambda w: {**syn_model_settings(w), "schedule": w.schedule},
         preset=PRESET,
     script:
@@ -125,7 +127,7 @@ rule synthetic_projection:
         ENV
     threads: 1
     params:
-        stage="synthetic_report.project",
+        **stage_params("synthetic_report.project"),
         settings={"points": 1500, "perplexity": 30.0},
         preset=PRESET,
     script:

@@ -12,12 +12,6 @@ wildcard_constraints:
     tok_table="|".join(TOK["tables"]),
 
 
-localrules:
-    tokenizer_table,
-    fig4,
-    fetch_weights,
-
-
 # ---------------------------------------------------------------- metric networks
 rule fetch_weights:
     """Download the pretrained FID/LPIPS weights the config needs into metrics.weights_dir.
@@ -29,11 +23,10 @@ rule fetch_weights:
     conda:
         ENV
     params:
-        stage="tokenizer.fetch_metric_weights",
+        **stage_params("tokenizer.fetch_metric_weights"),
         settings=weights_to_fetch(),
         preset=PRESET,
         weights=True,
-        launcher="local",
     script:
         STAGE_SCRIPT
 
@@ -53,7 +46,7 @@ rule fid_classifier:
     resources:
         **stage_resources("metrics"),
     params:
-        stage="tokenizer.train_fid_classifier",
+        **stage_params("tokenizer.train_fid_classifier"),
         settings=lambda w: {**METRICS["classifier"], "dataset": w.dataset},
         preset=PRESET,
     script:
@@ -76,7 +69,7 @@ rule fid_reference:
     resources:
         **stage_resources("metrics"),
     params:
-        stage="tokenizer.fid_reference",
+        **stage_params("tokenizer.fid_reference"),
         settings=lambda w: {
             "split": w.split,
             "fid": fid_settings(w.dataset),
@@ -108,7 +101,7 @@ rule tokenizer_pretrain_ae:
     resources:
         **tok_resources("train"),
     params:
-        stage="tokenizer.pretrain_ae",
+        **stage_params("tokenizer.pretrain_ae"),
         settings=tok_ae_settings,
         preset=PRESET,
         state_dir=lambda w: tok_state(w, "ae"),
@@ -134,7 +127,7 @@ rule tokenizer_init_codebook:
     resources:
         **tok_resources("init"),
     params:
-        stage="tokenizer.init_codebook",
+        **stage_params("tokenizer.init_codebook"),
         settings=tok_init_settings,
         preset=PRESET,
     script:
@@ -162,7 +155,7 @@ rule tokenizer_train_vq:
     resources:
         **tok_resources("train"),
     params:
-        stage="tokenizer.train_vq",
+        **stage_params("tokenizer.train_vq"),
         settings=tok_train_settings,
         preset=PRESET,
         state_dir=lambda w: tok_state(w, "vq"),
@@ -190,7 +183,7 @@ rule tokenizer_eval:
     resources:
         **tok_resources("eval"),
     params:
-        stage="tokenizer.evaluate",
+        **stage_params("tokenizer.evaluate"),
         settings=tok_eval_settings,
         preset=PRESET,
         weights=True,
@@ -216,7 +209,7 @@ rule tokenizer_tokens:
     resources:
         **tok_resources("eval"),
     params:
-        stage="tokenizer.extract_tokens",
+        **stage_params("tokenizer.extract_tokens"),
         settings=lambda w: {
             "batch_size": METRICS["fid_batch_size"],
             "device": tok_experiment(w)["training"]["device"],
@@ -244,10 +237,9 @@ rule tokenizer_table:
     conda:
         ENV
     params:
-        stage="tokenizer_report.table",
+        **stage_params("tokenizer_report.table"),
         settings=tok_table_settings,
         preset=PRESET,
-        launcher="local",
     script:
         STAGE_SCRIPT
 
@@ -273,13 +265,12 @@ rule fig4:
     conda:
         ENV
     params:
-        stage="tokenizer_report.fig4",
+        **stage_params("tokenizer_report.fig4"),
         settings={
             "paper_dataset": SWEEP["dataset"],
             "dataset": used_dataset(SWEEP["dataset"]),
             "codebook_sizes": SWEEP["codebook_sizes"],
         },
         preset=PRESET,
-        launcher="local",
     script:
         STAGE_SCRIPT

@@ -2,8 +2,10 @@
 
 Named inputs and outputs become the stage's keyword arguments, with the params
 ``settings``/``preset``/``state_dir`` and the rule's log. How it runs (in-process or as a
-SLURM job through submitit) is config["launcher"]; read here rather than passed as a
-param so that switching launchers does not rerun finished stages.
+SLURM job through submitit) is the rule's ``launcher`` resource or config["launcher"]
+(vqshrink.launch.launch_from_snakemake), not a param, so that switching launchers does not
+rerun finished stages. The stage goes by name: this process imports neither torch nor the
+stage's module, which only the process running it does (here, or in the SLURM job).
 """
 
 import os
@@ -19,7 +21,7 @@ sys.path.insert(0, SRC)
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p)
 
 from vqshrink.launch import launch_from_snakemake  # noqa: E402
-from vqshrink.stages import resolve  # noqa: E402
+from vqshrink.errors import PlainError  # noqa: E402 (no torch: safe on the waiting side)
 
 params = dict(sm.params.items())
 kwargs = {**dict(sm.input.items()), **dict(sm.output.items())}
@@ -30,4 +32,8 @@ if params.get("weights"):  # where pretrained metric weights live (moving it rer
     kwargs["weights_dir"] = sm.config["metrics"]["weights_dir"]
 kwargs["log"] = sm.log[0]
 kwargs["threads"] = sm.threads
-launch_from_snakemake(sm, resolve(params["stage"]), kwargs)
+try:
+    launch_from_snakemake(sm, params["stage"], kwargs)
+except PlainError as err:  # its message (logged in full) says what to do: no traceback
+    sys.exit(f"stage {params['stage']} failed: {str(err).splitlines()[0]}\n"
+             f"(the whole message is above and in {sm.log[0]})")

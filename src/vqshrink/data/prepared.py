@@ -21,7 +21,6 @@ import multiprocessing
 import os
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from vqshrink.io import git_revision, load_json, save_json
+from vqshrink.io import git_revision, load_json, make_temporary_dir, save_json
 
 FORMAT = "vqshrink-prepared-images"
 FORMAT_VERSION = 1
@@ -120,7 +119,7 @@ def split_indices(
         else:
             weights = np.full(len(classes), 1 / len(classes))
         for name, size in fixed.items():
-            quota = _largest_remainder(size * weights, size, rng)
+            quota = largest_remainder(size * weights, size, rng)
             rows = []
             for c, k, pool in zip(classes, quota, pools):
                 if k > len(pool):
@@ -137,7 +136,7 @@ def split_indices(
     return {name: np.sort(taken[name]).astype(np.int64) for name in sizes}
 
 
-def _largest_remainder(exact: np.ndarray, total: int, rng: np.random.Generator) -> np.ndarray:
+def largest_remainder(exact: np.ndarray, total: int, rng: np.random.Generator) -> np.ndarray:
     """Integer quotas summing to ``total`` closest to ``exact`` (ties broken at random)."""
     base = np.floor(exact).astype(np.int64)
     short = total - int(base.sum())
@@ -256,7 +255,7 @@ def write_prepared(
             f"{out_dir} already exists; delete it or prepare with overwrite=True"
         )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    tmp = make_temporary_dir(out_dir.parent, out_dir.name)  # mode per umask, unlike mkdtemp
     pool = None
     try:
         if workers > 1 and decode is not None and any(r.images is None for r in splits.values()):

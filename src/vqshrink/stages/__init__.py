@@ -9,7 +9,6 @@ by reference. ``@stage`` gives each one the same frame: logging into the rule's 
 from __future__ import annotations
 
 import functools
-import importlib
 import logging
 import os
 import sys
@@ -20,6 +19,12 @@ from pathlib import Path
 import torch
 
 log = logging.getLogger("vqshrink")
+
+# Errors whose message says what happened and what to do: logged and shown without a
+# traceback (workflow/scripts/stage.py exits with the message alone).
+from vqshrink.errors import PlainError  # noqa: E402
+
+PLAIN_ERRORS = (PlainError,)
 
 
 def configure_logging(log_file: str | os.PathLike | None) -> None:
@@ -53,6 +58,10 @@ def stage(fn: Callable) -> Callable:
         t0 = time.perf_counter()
         try:
             result = fn(**kwargs)
+        except PLAIN_ERRORS as err:
+            logger.error("stage %s failed after %.1f s: %s", fn.__qualname__,
+                         time.perf_counter() - t0, err)
+            raise
         except BaseException:
             logger.exception("stage %s failed after %.1f s", fn.__qualname__, time.perf_counter() - t0)
             raise
@@ -60,12 +69,3 @@ def stage(fn: Callable) -> Callable:
         return result
 
     return run
-
-
-def resolve(name: str) -> Callable:
-    """``"synthetic.train_vq"`` -> ``vqshrink.stages.synthetic.train_vq``."""
-    module, _, attr = name.rpartition(".")
-    try:
-        return getattr(importlib.import_module(f"vqshrink.stages.{module}"), attr)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"unknown stage {name!r}: {err}") from err

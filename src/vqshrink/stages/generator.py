@@ -34,10 +34,11 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from vqshrink import distributed
-from vqshrink.data.prepared import read_meta
+from vqshrink.data.prepared import PreparedImages, largest_remainder, read_meta
 from vqshrink.io import atomic_path, load_json, load_torch, run_record, save_json, save_torch
 from vqshrink.metrics import diversity
 from vqshrink.metrics import fid as fidm
+from vqshrink.plan.schedule import epochs_to_steps
 from vqshrink.stages import stage
 from vqshrink.stages.tokenizer import (
     load_model,
@@ -217,17 +218,24 @@ def train(*, tokens_train: str, tokens_val: str, meta: str, tokenizer: str, mode
     ddp = DistributedDataParallel(net, broadcast_buffers=False) if info.enabled else net
     opt = torch.optim.AdamW(param_groups(net, opt_cfg["weight_decay"]), lr=opt_cfg["lr"],
                             betas=tuple(opt_cfg["betas"]))
-    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        opt, mode="min", factor=tr["plateau_factor"], patience=tr["plateau_patience"],
-        min_lr=tr["min_lr"])
+    plateau = None
+    if tr["scheduler"] == "plateau":
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, mode="min", factor=tr["plateau_factor"], patience=tr["plateau_patience"],
+            min_lr=tr["min_lr"])
 
     n, bs, epochs, seed = len(train_set), opt_cfg["batch_size"], tr["epochs"], tr["seed"]
     steps_per_epoch = n // bs
     if steps_per_epoch < 1:
         raise ValueError(f"generator {family}: config key generators.models.{family}.optimizer."
                          f"batch_size {bs} is larger than the training split ({n} token maps)")
+    # warm-up in epochs of this training split (VAR utils/arg_util.py: wp = ep / 50 epochs)
+    warmup = epochs_to_steps(opt_cfg["warmup_epochs"], steps_per_epoch)
     what = f"{family} on {Path(tokens_train).parent}"
-    state = ResumableState(state_dir, {**settings, "world": info.world_size},
+    inputs = {"tokens_train": tokens_train, "tokens_val": tokens_val, "meta": meta,
+              "tokenizer": tokenizer, "labels_train": tok_meta["labels"]["train"],
+              "labels_val": tok_meta["labels"]["val"]}
+    state = ResumableState(state_dir, {**settings, "world": info.world_size}, inputs=inputs,
                            interval_s=checkpoint_interval_s, rank=info.rank)
     pos = {"epoch": 0, "batch": 0, "step": 0}
     sums = np.zeros(3)  # loss, acc, batches of the running epoch
@@ -236,13 +244,16 @@ def train(*, tokens_train: str, tokens_val: str, meta: str, tokenizer: str, mode
     if (saved := state.restore()) is not None:
         net.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
-        plateau.load_state_dict(saved["plateau"])
+        if plateau is not None:
+            plateau.load_state_dict(saved["plateau"])
         pos, sums, book = dict(saved["pos"]), np.asarray(saved["sums"]), dict(saved["book"])
 
     def snapshot() -> dict:
-        return {"model": net.state_dict(), "optimizer": opt.state_dict(),
-                "plateau": plateau.state_dict(), "pos": dict(pos), "sums": sums.tolist(),
-                "book": book}
+        snap = {"model": net.state_dict(), "optimizer": opt.state_dict(), "pos": dict(pos),
+                "sums": sums.tolist(), "book": book}
+        if plateau is not None:
+            snap["plateau"] = plateau.state_dict()
+        return snap
 
     net.train()
     t0 = time.perf_counter()
@@ -257,14 +268,14 @@ def train(*, tokens_train: str, tokens_val: str, meta: str, tokenizer: str, mode
             local = rows[info.rank::info.world_size]
             tokens, labels = train_set.batch(local, device)
             step = pos["step"]
-            if step < opt_cfg["warmup_steps"]:  # linear warm-up, then the plateau schedule
+            if step < warmup:  # linear warm-up, then the plateau schedule
                 for g in opt.param_groups:
-                    g["lr"] = opt_cfg["lr"] * (step + 1) / opt_cfg["warmup_steps"]
+                    g["lr"] = opt_cfg["lr"] * (step + 1) / warmup
             torch.manual_seed(step_seed(seed, step, info.rank))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 out = ddp(tokens, labels)
             loss = out["loss"].float()
-            check_finite(loss, epoch=epoch, step=step)
+            check_finite(loss, epoch=epoch, step=step, state=state, snapshot=snapshot)
             opt.zero_grad(set_to_none=True)
             (loss * (len(local) * info.world_size / len(rows))).backward()
             if opt_cfg["grad_clip"]:
@@ -291,7 +302,7 @@ def train(*, tokens_train: str, tokens_val: str, meta: str, tokenizer: str, mode
                                         amp=amp))
             val_loss, val_acc = broadcast_from_main(values, device)
             row.update(val_loss=val_loss, val_acc=val_acc)
-            if pos["step"] >= opt_cfg["warmup_steps"]:
+            if plateau is not None and pos["step"] >= warmup:
                 plateau.step(val_loss)
             improved = early_stopping_update(book, val_loss, last_epoch=last_epoch,
                                              patience=tr["early_stopping_patience"])
@@ -331,9 +342,19 @@ def train(*, tokens_train: str, tokens_val: str, meta: str, tokenizer: str, mode
 # =============================================================================== sampling
 
 
-def sample_labels(num_classes: int, per_class: int) -> np.ndarray:
-    """Class of every sample: per_class of class 0, then of class 1, ..."""
-    return np.repeat(np.arange(num_classes, dtype=np.int64), per_class)
+def sample_labels(test_labels: np.ndarray, num_classes: int, per_class: int, *,
+                  seed: int) -> np.ndarray:
+    """Class of every sample, sorted by class: ``num_classes x per_class`` labels in the test
+    split's class proportions, so the samples' class mix is that of the FID reference (ODIR's
+    test split is imbalanced; a balanced split gives exactly ``per_class`` of each class).
+    Largest-remainder rounding; ties broken by ``seed``."""
+    counts = np.bincount(np.asarray(test_labels, dtype=np.int64), minlength=num_classes)
+    if len(counts) > num_classes or counts.sum() == 0:
+        raise ValueError(f"test labels hold classes 0..{len(counts) - 1} ({counts.sum()} labels) "
+                         f"but the generator has {num_classes} classes")
+    total = num_classes * per_class
+    quota = largest_remainder(total * counts / counts.sum(), total, np.random.default_rng(seed))
+    return np.repeat(np.arange(num_classes, dtype=np.int64), quota)
 
 
 def _decode(tok: nn.Module, tokens: Tensor) -> Tensor:
@@ -362,17 +383,19 @@ def save_grid(path: str, images: np.ndarray, labels: np.ndarray, classes: int,
 
 
 @stage
-def sample(*, model: str, tokenizer: str, images: str, labels: str, tokens: str, grid: str,
-           record: str, settings: dict, preset: str) -> None:
-    """Seeded samples, ``per_class`` of every class, decoded by the tokenizer: uint8
-    (N, H, W, 3) images, their labels and tokens, and a grid PNG. Batch b draws from a
-    generator seeded by (seed, b): the same settings give the same images."""
+def sample(*, model: str, tokenizer: str, data: str, images: str, labels: str, tokens: str,
+           grid: str, record: str, settings: dict, preset: str) -> None:
+    """Seeded samples, ``per_class`` x classes in the class proportions of ``data``'s test
+    split (:func:`sample_labels`), decoded by the tokenizer: uint8 (N, H, W, 3) images, their
+    labels and tokens, and a grid PNG. Batch b draws from a generator seeded by (seed, b):
+    the same settings give the same images."""
     device = pick_device(settings["device"])
     gen, tok, blob = load_generator(model, tokenizer, device)
     gen.eval()
     tok.eval()
     num_classes = blob["config"]["num_classes"]
-    ys = sample_labels(num_classes, settings["per_class"])
+    ys = sample_labels(PreparedImages(data, "test").labels, num_classes, settings["per_class"],
+                       seed=settings["seed"])
     bs = settings["batch_size"]
     img_arr = tok_arr = None
     with atomic_path(images) as img_tmp, atomic_path(tokens) as tok_tmp:
@@ -398,10 +421,12 @@ def sample(*, model: str, tokenizer: str, images: str, labels: str, tokens: str,
             np.save(fh, ys)
     save_grid(grid, out, ys, settings["grid"]["classes"], settings["grid"]["per_class"])
     save_json(run_record(preset, settings, samples=len(ys), num_classes=num_classes,
+                         class_counts=np.bincount(ys, minlength=num_classes).tolist(),
                          generator=model, tokenizer=tokenizer,
                          generator_checkpoint=blob.get("checkpoint")), record)
-    log.info("sampled %d images (%d classes x %d) of shape %s", len(ys), num_classes,
-             settings["per_class"], out.shape[1:])
+    log.info("sampled %d images (%d classes, per class %s, the test split's proportions) of "
+             "shape %s", len(ys), num_classes, np.bincount(ys, minlength=num_classes).tolist(),
+             out.shape[1:])
 
 
 # =============================================================================== evaluation

@@ -85,26 +85,42 @@ def table(*, metrics: list[str], records: list[str], paper: str, table: str, set
                  r["paper_pixel_distance"], r["lpips_diversity"], r["paper_lpips_diversity"])
 
 
+PANEL_GROUPS = (("baseline", "(a)"), ("deferred", "(b)"))
+
+
+def draw_fig5(grids: list[np.ndarray], panels: list[dict], generator: str,
+              preset: str) -> plt.Figure:
+    """Fig. 5 laid out as the paper's: (a) w/o Deferred and (b) w/ Deferred, each with one
+    panel per dataset in config order (ImageNet-100, then ODIR)."""
+    datasets = list(dict.fromkeys(p["paper_dataset"] for p in panels))
+    fig = plt.figure(figsize=(3.2 * len(panels), 4.0), layout="constrained")
+    for subfig, (schedule, letter) in zip(fig.subfigures(1, len(PANEL_GROUPS)), PANEL_GROUPS):
+        subfig.suptitle(f"{letter} {SCHEDULE_LABEL[schedule]}", fontsize=10,
+                        color=COLORS[schedule])
+        axes = subfig.subplots(1, len(datasets), squeeze=False)[0]
+        for ax, paper_dataset in zip(axes, datasets):
+            i = next(i for i, p in enumerate(panels)
+                     if p["schedule"] == schedule and p["paper_dataset"] == paper_dataset)
+            panel = panels[i]
+            ax.imshow(grids[i], interpolation="nearest")
+            name = DATASET_NAMES.get(paper_dataset, paper_dataset)
+            ax.set_title(name + (f"\n(run on {panel['dataset']})"
+                                 if panel["dataset"] != paper_dataset else ""), fontsize=9)
+            ax.set_xticks([]), ax.set_yticks([])
+            ax.set_xlabel("samples", fontsize=8)
+            ax.set_ylabel("class (a row each)", fontsize=8)
+    fig.suptitle(f"Fig. 5: {generator} samples, a row per class, preset {preset}", fontsize=10)
+    return fig
+
+
 @stage
 def fig5(*, images: list[str], labels: list[str], figure: str, settings: dict,
          preset: str) -> None:
-    """Fig. 5: VAR samples without and with deferral, one pair of panels per dataset."""
-    panels = settings["panels"]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6), squeeze=False)
-    for ax, panel, img_path, lab_path in zip(axes[0], panels, images, labels):
-        grid = class_grid(np.load(img_path, mmap_mode="r"), np.load(lab_path),
-                          settings["classes"], settings["per_class"])
-        ax.imshow(grid, interpolation="nearest")
-        name = DATASET_NAMES.get(panel["paper_dataset"], panel["paper_dataset"])
-        ax.set_title(f"{name}: {SCHEDULE_LABEL[panel['schedule']]}"
-                     + (f"\n(run on {panel['dataset']})"
-                        if panel["dataset"] != panel["paper_dataset"] else ""), fontsize=9,
-                     color=COLORS[panel["schedule"]])
-        ax.set_xticks([]), ax.set_yticks([])
-    fig.suptitle(f"Fig. 5: {settings['generator']} samples, a row per class, preset {preset}",
-                 fontsize=10, y=1.04)
-    fig.tight_layout()
-    save_figure(fig, figure)
+    """Fig. 5: VAR samples without and with deferral, ImageNet-100 and ODIR in each."""
+    grids = [class_grid(np.load(img_path, mmap_mode="r"), np.load(lab_path),
+                        settings["classes"], settings["per_class"])
+             for img_path, lab_path in zip(images, labels)]
+    save_figure(draw_fig5(grids, settings["panels"], settings["generator"], preset), figure)
 
 
 @stage

@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from vqshrink import distributed
 from vqshrink.data.synthetic import make_gaussian_mixture
-from vqshrink.io import load_torch, run_record, save_json, save_npz, save_torch
+from vqshrink.io import atomic_path, load_torch, run_record, save_json, save_npz, save_torch
 from vqshrink.kmeans import kmeans
 from vqshrink.metrics import codebook as cbm
 from vqshrink.models.mlp_vqvae import MLPVQVAE, MLPVQVAEConfig
@@ -79,61 +79,74 @@ def _fit(
     state_dir: str,
     checkpoint_interval_s: float,
     what: str,
+    inputs: dict[str, str | None],
 ) -> list[dict]:
-    """Train ``model`` on ``x`` for ``epochs`` epochs; resumable at epoch boundaries.
+    """Train ``model`` on ``x`` for ``epochs`` epochs; resumable at any step.
 
     Loss: MSE reconstruction, plus the quantizer's commitment loss when ``quantize``.
     Under DDP every rank draws the same shuffled batch and trains on its slice; local
     losses are weighted by slice size so the averaged gradient is the full batch's.
+    The state records the batch generator as it was when the running epoch's order was
+    drawn, so a resumed epoch redraws the same order and skips the batches done.
+    ``inputs`` (name -> file) tie the state to the files it was made from.
     """
     device = x.device
     info = distributed.setup(device)
     state = ResumableState(state_dir, {**settings, "what": what, "world": info.world_size},
-                           interval_s=checkpoint_interval_s, rank=info.rank)
+                           inputs=inputs, interval_s=checkpoint_interval_s, rank=info.rank)
     net = DistributedDataParallel(model, broadcast_buffers=False) if info.enabled else model
     # fused: one kernel for all parameters (about 2x faster steps for this tiny MLP on CPU)
     opt = torch.optim.AdamW(model.parameters(), lr=settings["lr"],
                             weight_decay=settings["weight_decay"], fused=True)
     gen = torch.Generator().manual_seed(settings["seed"])
     curve: list[dict] = []
-    start, step = 0, 0
+    pos = {"epoch": 0, "batch": 0, "step": 0}  # epochs done, batches of the next done, steps
+    sums = torch.zeros(4, dtype=torch.float64)  # loss, mse, vq loss, perplexity of the epoch
     if (saved := state.restore()) is not None:
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
         gen.set_state(saved["generator"])
-        start, step, curve = saved["epoch"], saved["step"], list(saved["curve"])
+        pos = {k: saved.get(k, 0) for k in pos}
+        sums += torch.tensor(saved.get("sums", [0.0] * 4), dtype=torch.float64)
+        curve = list(saved["curve"])
+    epoch_rng = gen.get_state()  # the generator before the running epoch's order was drawn
 
     def snapshot() -> dict:
         return {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                "generator": gen.get_state(), "epoch": epoch + 1, "step": step, "curve": curve}
+                "generator": epoch_rng, **pos, "sums": sums.tolist(), "curve": curve}
 
     model.train()
     t0 = time.perf_counter()
-    bar = progress(range(start, epochs), desc=what, initial=start, total=epochs,
+    bar = progress(range(pos["epoch"], epochs), desc=what, initial=pos["epoch"], total=epochs,
                    disable=not info.is_main)
     for epoch in bar:
-        sums = torch.zeros(4, dtype=torch.float64)  # loss, mse, vq loss, perplexity
+        epoch_rng = gen.get_state()
         batches = epoch_batches(len(x), settings["batch_size"], gen)
-        for batch in batches:
+        for batch in batches[pos["batch"]:]:
+            step = pos["step"]
             local = batch[info.rank :: info.world_size].to(device)
             xb = x[local]
             out = net(xb, quantize=quantize)
             mse = F.mse_loss(out.x_hat, xb)
             loss = mse + out.vq_loss
-            check_finite(loss, epoch=epoch, step=step)
+            check_finite(loss, epoch=epoch, step=step, state=state, snapshot=snapshot)
             weight = len(local) * info.world_size / len(batch)
             opt.zero_grad(set_to_none=True)
             (loss * weight).backward()
             opt.step()
-            step += 1
+            pos.update(batch=pos["batch"] + 1, step=step + 1)
             sums += torch.tensor([loss.item(), mse.item(), out.vq_loss.item(),
                                   out.perplexity.item()], dtype=torch.float64)
         means = distributed.all_mean(sums / len(batches))
-        row = {"epoch": epoch + 1, "step": step, "loss": means[0].item(), "mse": means[1].item(),
-               "vq_loss": means[2].item(), "perplexity": means[3].item(),
-               "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
+        row = {"epoch": epoch + 1, "step": pos["step"], "loss": means[0].item(),
+               "mse": means[1].item(), "vq_loss": means[2].item(),
+               "perplexity": means[3].item(), "lr": opt.param_groups[0]["lr"],
+               "seconds": time.perf_counter() - t0}
         curve.append(row)
         bar.set_postfix(loss=f"{row['loss']:.4f}", ppl=f"{row['perplexity']:.1f}", refresh=False)
+        pos.update(epoch=epoch + 1, batch=0)
+        sums.zero_()
+        epoch_rng = gen.get_state()
         state.maybe_save(snapshot, force=epoch + 1 == epochs)
     return curve
 
@@ -144,9 +157,8 @@ def _finish_training(model: MLPVQVAE, curve: list[dict], *, model_out: str, curv
 
     if distributed.setup(torch.device("cpu")).is_main:
         save_torch({"config": model.cfg.to_dict(), "model": model.state_dict()}, model_out)
-        tmp = Path(curve_out).with_suffix(".csv.tmp")
-        pd.DataFrame(curve).to_csv(tmp, index=False)
-        tmp.replace(curve_out)
+        with atomic_path(curve_out) as tmp:
+            pd.DataFrame(curve).to_csv(tmp, index=False)
         save_json(run_record(preset, settings, epochs_run=len(curve)), record)
         (Path(state_dir) / "last.pt").unlink(missing_ok=True)
     distributed.teardown()
@@ -161,7 +173,8 @@ def pretrain_ae(*, data: str, model: str, curve: str, record: str, settings: dic
     net = MLPVQVAE(model_config(settings)).to(device)
     x = load_data(data, device)["x"]
     rows = _fit(net, x, quantize=False, epochs=settings["epochs"], settings=settings,
-                state_dir=state_dir, checkpoint_interval_s=checkpoint_interval_s, what="ae")
+                state_dir=state_dir, checkpoint_interval_s=checkpoint_interval_s, what="ae",
+                inputs={"data": data})
     _finish_training(net, rows, model_out=model, curve_out=curve, record=record, preset=preset,
                      settings=settings, state_dir=state_dir)
 
@@ -215,7 +228,8 @@ def train_vq(*, data: str, init: str, model: str, curve: str, record: str, setti
     net.to(device)
     x = load_data(data, device)["x"]
     rows = _fit(net, x, quantize=True, epochs=settings["epochs"], settings=settings,
-                state_dir=state_dir, checkpoint_interval_s=checkpoint_interval_s, what="vq")
+                state_dir=state_dir, checkpoint_interval_s=checkpoint_interval_s, what="vq",
+                inputs={"data": data, "init": init})
     _finish_training(net, rows, model_out=model, curve_out=curve, record=record, preset=preset,
                      settings=settings, state_dir=state_dir)
 

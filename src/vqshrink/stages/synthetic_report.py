@@ -15,6 +15,7 @@ import seaborn as sns  # noqa: E402
 from vqshrink.io import atomic_path, load_json, save_npz  # noqa: E402
 from vqshrink.metrics.codebook import peak_positions  # noqa: E402
 from vqshrink.stages import stage  # noqa: E402
+from vqshrink.verdicts import paired_verdict  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,9 @@ def with_summary(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 
 
 def claims_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    """Does deferral move each metric the way the paper says, per input dim?"""
+    """Does deferral move each metric the way the paper says, per input dim? Verdicts by
+    :func:`vqshrink.verdicts.paired_verdict`: "reproduced" needs every seed to agree and the
+    mean paired difference to exceed twice its standard error (``paired_se``)."""
     rows = []
     for dim, group in frame.groupby("input_dim"):
         pivot = {s: g.set_index("seed") for s, g in group.groupby("schedule")}
@@ -89,22 +92,14 @@ def claims_frame(frame: pd.DataFrame) -> pd.DataFrame:
         for metric, sign, text in CLAIMS:
             b = base.loc[seeds, metric].astype(float)
             d = defer.loc[seeds, metric].astype(float)
-            diff = sign * (d.to_numpy() - b.to_numpy())
-            better, worse = int((diff > 0).sum()), int((diff < 0).sum())
-            if better == worse == 0:
-                verdict = "tie"
-            elif better > len(seeds) / 2 and diff.mean() > 0:
-                verdict = "reproduced"
-            elif worse > len(seeds) / 2 and diff.mean() < 0:
-                verdict = "not reproduced (opposite)"
-            else:
-                verdict = "mixed"
+            v = paired_verdict(sign * (d.to_numpy() - b.to_numpy()))
             rows.append({
                 "preset": group["preset"].iloc[0], "input_dim": dim, "metric": metric,
                 "paper_claim": text, "baseline_mean": b.mean(), "deferred_mean": d.mean(),
                 "baseline_std": b.std(ddof=1), "deferred_std": d.std(ddof=1),
                 "deferred_minus_baseline": d.mean() - b.mean(),
-                "seeds_agreeing": f"{better}/{len(seeds)}", "verdict": verdict,
+                "paired_se": v["diff_se"], "seeds_agreeing": v["seeds_agreeing"],
+                "verdict": v["verdict"],
             })
     return pd.DataFrame(rows)
 
@@ -155,46 +150,86 @@ def project(*, baseline: str, deferred: str, projection: str, settings: dict, pr
     save_npz(projection, **out)
 
 
-def _scatter_pair(ax, background, foreground, fg_label, fg_color, title) -> None:
-    ax.scatter(*background.T, s=3, c=COLORS["data"], alpha=0.5, label="data", linewidths=0)
+LEGEND = {"data": "data", "embeddings": "encoder embeddings",
+          "init": "initial codebook (k-means)", "trained": "trained tokens"}
+
+
+def _axis_labels(ax, view: str | None) -> None:
+    """Name the two plotted coordinates: raw ``x1``/``x2`` or a t-SNE projection."""
+    names = ("t-SNE 1", "t-SNE 2") if view == "t-SNE" else (f"{view or 'x'}1", f"{view or 'x'}2")
+    ax.set_xlabel(names[0], fontsize=8)
+    ax.set_ylabel(names[1], fontsize=8)
+
+
+def _scatter_pair(ax, background, foreground, fg_label, fg_color, title,
+                  view: str | None = None) -> None:
+    ax.scatter(*background.T, s=3, c=COLORS["data"], alpha=0.5, label=LEGEND["data"],
+               linewidths=0)
     ax.scatter(*foreground.T, s=3, c=fg_color, alpha=0.6, label=fg_label, linewidths=0)
     ax.set_title(title, fontsize=9)
     ax.set_xticks([]), ax.set_yticks([])
+    _axis_labels(ax, view)
+    ax.legend(loc="best", fontsize=7, markerscale=3)
 
 
-def _token_panel(ax, z: np.ndarray, tokens: np.ndarray, color: str, title: str) -> None:
+def _token_panel(ax, z: np.ndarray, tokens: np.ndarray, color: str, title: str,
+                 token_label: str = LEGEND["trained"], view: str | None = "z") -> None:
+    """Embeddings (grey) and codebook tokens (``color``): histograms for a 1-D latent
+    (tokens counted on a twin axis), a scatter of both otherwise; ``view`` names the
+    plotted coordinates (``z`` -> z1, z2; ``t-SNE``)."""
     if z.ndim == 1 or z.shape[1] == 1:
         z, tokens = z.reshape(-1), tokens.reshape(-1)
         lo, hi = np.percentile(np.r_[z, tokens], [0.5, 99.5])
         bins = np.linspace(lo, hi, 80)
-        ax.hist(z, bins=bins, density=True, color=COLORS["data"], alpha=0.7, label="embeddings")
+        ax.hist(z, bins=bins, density=True, color=COLORS["data"], alpha=0.7,
+                label=LEGEND["embeddings"])
         ax2 = ax.twinx()
-        ax2.hist(tokens, bins=bins, color=color, alpha=0.6, label="tokens")
+        ax2.hist(tokens, bins=bins, color=color, alpha=0.6, label=token_label)
         ax2.set_yticks([])
         ax.set_yticks([])
+        ax.set_xlabel("latent value (1-D)", fontsize=8)
+        ax.set_ylabel("embedding density", fontsize=8)
+        ax2.set_ylabel("tokens per bin", fontsize=8)
+        handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+        ax2.legend(handles=handles, loc="upper right", fontsize=7)
     else:
-        ax.scatter(*z.T, s=3, c=COLORS["data"], alpha=0.4, linewidths=0, label="embeddings")
-        ax.scatter(*tokens.T, s=12, c=color, marker="x", label="tokens")
+        ax.scatter(*z.T, s=3, c=COLORS["data"], alpha=0.4, linewidths=0,
+                   label=LEGEND["embeddings"])
+        ax.scatter(*tokens.T, s=12, c=color, marker="x", label=token_label)
         ax.set_xticks([]), ax.set_yticks([])
+        _axis_labels(ax, view)
+        ax.legend(loc="best", fontsize=7, markerscale=2)
     ax.set_title(title, fontsize=9)
+
+
+def draw_fig2(projections: list[dict], input_dims: list[int], token_dims: dict,
+              preset: str) -> plt.Figure:
+    """Fig. 2 from the projections of each input dim: per schedule, data vs reconstruction
+    and embeddings vs tokens."""
+    dims = input_dims
+    fig, axes = plt.subplots(len(dims), 4, figsize=(13, 3.1 * len(dims)), squeeze=False)
+    for row, (dim, p) in enumerate(zip(dims, projections)):
+        data_view = "x" if dim <= 2 else "t-SNE"
+        latent_view = "z" if int(token_dims[str(dim)]) <= 2 else "t-SNE"
+        suffix = "" if dim <= 2 else " (t-SNE)"
+        for col, sched in enumerate(("baseline", "deferred")):
+            color = COLORS[sched]
+            _scatter_pair(axes[row, 2 * col], p["data"], p[f"recon_{sched}"], "reconstruction",
+                          color, f"{dim}-D {SCHEDULE_LABEL[sched]}: data vs recon{suffix}",
+                          view=data_view)
+            _token_panel(axes[row, 2 * col + 1], p[f"z_{sched}"], p[f"tokens_{sched}"], color,
+                         f"{dim}-D {SCHEDULE_LABEL[sched]}: tokens vs embeddings",
+                         view=latent_view)
+    fig.suptitle(f"Fig. 2: token representation shrinkage on synthetic data (preset {preset})")
+    fig.tight_layout()
+    return fig
 
 
 @stage
 def fig2(*, projections: list[str], figure: str, settings: dict, preset: str) -> None:
-    dims = settings["input_dims"]
-    fig, axes = plt.subplots(len(dims), 4, figsize=(13, 3.1 * len(dims)), squeeze=False)
-    for row, (dim, path) in enumerate(zip(dims, projections)):
-        p = dict(np.load(path))
-        view = "" if dim <= 2 else " (t-SNE)"
-        for col, sched in enumerate(("baseline", "deferred")):
-            color = COLORS[sched]
-            _scatter_pair(axes[row, 2 * col], p["data"], p[f"recon_{sched}"], "reconstruction",
-                          color, f"{dim}-D {SCHEDULE_LABEL[sched]}: data vs recon{view}")
-            _token_panel(axes[row, 2 * col + 1], p[f"z_{sched}"], p[f"tokens_{sched}"], color,
-                         f"{dim}-D {SCHEDULE_LABEL[sched]}: tokens vs embeddings")
-    fig.suptitle(f"Fig. 2: token representation shrinkage on synthetic data (preset {preset})")
-    fig.tight_layout()
-    save_figure(fig, figure)
+    loaded = [dict(np.load(path)) for path in projections]
+    save_figure(draw_fig2(loaded, settings["input_dims"], settings["token_dims"], preset),
+                figure)
 
 
 # ---------------------------------------------------------------- Fig. 3 and Fig. 6
@@ -207,7 +242,25 @@ def _density_with_peaks(ax, values: np.ndarray, color: str, title: str) -> int:
     ax.set_title(f"{title}\n{len(peaks)} peaks, range [{values.min():.2f}, {values.max():.2f}]",
                  fontsize=9)
     ax.set_yticks([])
+    ax.set_xlabel("encoder output (1-D)", fontsize=8)
+    ax.set_ylabel("density", fontsize=8)
     return len(peaks)
+
+
+def draw_fig3(init: dict, final: dict, preset: str) -> plt.Figure:
+    """Fig. 3: per schedule, the k-means codebook on its encoder's embeddings, then the
+    tokens after VQ training (``init``/``final``: schedule -> arrays ``z``, ``codebook``)."""
+    fig, axes = plt.subplots(2, 2, figsize=(10, 6))
+    for row, sched in enumerate(("baseline", "deferred")):
+        encoder = "untrained" if sched == "baseline" else "pretrained"
+        _token_panel(axes[row, 0], init[sched]["z"], init[sched]["codebook"], COLORS["tokens"],
+                     f"{SCHEDULE_LABEL[sched]}: k-means init on the {encoder} encoder",
+                     token_label=LEGEND["init"])
+        _token_panel(axes[row, 1], final[sched]["z"], final[sched]["codebook"], COLORS[sched],
+                     f"{SCHEDULE_LABEL[sched]}: after VQ training")
+    fig.suptitle(f"Fig. 3: codebook initialisation and shrinkage (preset {preset})")
+    fig.tight_layout()
+    return fig
 
 
 @stage
@@ -219,16 +272,7 @@ def fig3_fig6(*, baseline_init: list[str], deferred_init: list[str], baseline_ev
     if init["baseline"]["z"].shape[1] != 1:
         raise ValueError("fig3/fig6 need 1-D tokens: set synthetic.figure_input_dim to an input "
                          "dim whose token dim is 1")
-    fig, axes = plt.subplots(2, 2, figsize=(10, 6))
-    for row, sched in enumerate(("baseline", "deferred")):
-        encoder = "untrained" if sched == "baseline" else "pretrained"
-        _token_panel(axes[row, 0], init[sched]["z"], init[sched]["codebook"], COLORS["tokens"],
-                     f"{SCHEDULE_LABEL[sched]}: k-means init on the {encoder} encoder")
-        _token_panel(axes[row, 1], final[sched]["z"], final[sched]["codebook"], COLORS[sched],
-                     f"{SCHEDULE_LABEL[sched]}: after VQ training")
-    fig.suptitle(f"Fig. 3: codebook initialisation and shrinkage (preset {preset})")
-    fig.tight_layout()
-    save_figure(fig, fig3)
+    save_figure(draw_fig3(init, final, preset), fig3)
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
     n_untrained = _density_with_peaks(axes[0], init["baseline"]["z"], COLORS["baseline"],

@@ -53,6 +53,7 @@ from vqshrink.metrics import fid as fidm
 from vqshrink.models.cifar_vqvae import CifarVQVAE, CifarVQVAEConfig
 from vqshrink.models.losses import TokenizerLoss
 from vqshrink.models.vqgan import Tokenizer, VQGANConfig
+from vqshrink.plan.schedule import epochs_to_steps
 from vqshrink.quantizers.simvq import ProjectedCodebook
 from vqshrink.stages import stage
 from vqshrink.training import (
@@ -239,8 +240,11 @@ def fid_reference(*, data: str, stats: str, settings: dict, preset: str,
 # =============================================================================== training
 
 
-def make_loss(loss: dict, *, gan: bool, weights_dir: str | None) -> TokenizerLoss:
-    """The tokenizer loss; a pretrained LPIPS backbone is read from the weight cache only."""
+def make_loss(loss: dict, *, gan: bool, weights_dir: str | None,
+              disc_start_step: int = 0) -> TokenizerLoss:
+    """The tokenizer loss; a pretrained LPIPS backbone is read from the weight cache only.
+    ``disc_start_step``: the phase's step at which the discriminator starts (from
+    ``disc_start_epochs`` and the phase's steps per epoch, :func:`_fit`)."""
     perceptual = loss["perceptual_weight"] > 0
     if perceptual and loss["lpips_pretrained"]:
         check_weights(fid=False, lpips_net=loss["lpips_net"], cache_dir=weights_dir)
@@ -250,7 +254,7 @@ def make_loss(loss: dict, *, gan: bool, weights_dir: str | None) -> TokenizerLos
             pixel_weight=loss["pixel_weight"], perceptual_weight=loss["perceptual_weight"],
             codebook_weight=loss["codebook_weight"], lpips_net=loss["lpips_net"],
             pretrained_backbone=loss["lpips_pretrained"], gan=gan,
-            disc_start=loss["disc_start"], disc_weight=loss["disc_weight"],
+            disc_start=disc_start_step, disc_weight=loss["disc_weight"],
             adaptive=loss["adaptive"], disc_layers=loss["disc_layers"],
         )
 
@@ -291,16 +295,21 @@ def _validate(model: nn.Module, loss_fn: TokenizerLoss, val: PreparedImages, *, 
 
 def _fit(model: nn.Module, train: PreparedImages, val: PreparedImages, *, quantize: bool,
          settings: dict, state_dir: str, checkpoint_interval_s: float, what: str,
-         weights_dir: str | None = None, fid_inputs: dict | None = None) -> dict:
+         inputs: dict[str, str | None], weights_dir: str | None = None,
+         fid_inputs: dict | None = None) -> dict:
     """Train ``model`` (resumable, DDP-ready); returns curve, best checkpoint and stop info.
 
     Loss: :class:`TokenizerLoss` (MSE + LPIPS + codebook/commitment, + hinge PatchGAN after
-    ``disc_start`` for the GAN variants). Optimiser Adam; scheduler per phase: ``plateau``
+    ``disc_start_epochs`` of this phase for the GAN variants: the step counter restarts in every
+    phase). Optimiser Adam; scheduler per phase: ``plateau``
     (ReduceLROnPlateau on the validation reconstruction loss), ``cosine`` (per step, from lr
     to min_lr, optional linear warm-up) or ``none``; early stopping after
-    ``early_stopping_patience`` evaluations without a better validation loss. With
+    ``early_stopping_patience`` evaluations without a better validation loss (GAN variants:
+    counted from the first evaluation after the discriminator started, since the adversarial
+    term changes what the reconstruction loss can reach). With
     ``settings["checkpoint"] == "best_val_fid"`` the weights of the evaluation with the
-    lowest validation FID are kept as the result.
+    lowest validation FID are kept as the result. ``inputs`` (name -> file) tie the training
+    state to the files it was made from.
     """
     tr, lw = settings["train"], settings["loss"]
     device = pick_device(tr["device"])
@@ -309,7 +318,15 @@ def _fit(model: nn.Module, train: PreparedImages, val: PreparedImages, *, quanti
         device = torch.device("cuda", info.local_rank)
     model.to(device)
     gan = quantize and lw["gan"]
-    loss_fn = make_loss(lw, gan=gan, weights_dir=weights_dir).to(device)
+    n, bs, epochs = len(train), tr["batch_size"], tr["epochs"]
+    steps_per_epoch = n // bs
+    if steps_per_epoch < 1:
+        raise ValueError(f"{what}: config key tokenizers.training.batch_size (in the "
+                         f"codebook-size sweep vqvae_sweep.training.batch_size) is {bs}, larger "
+                         f"than the training split of {train.root} ({n} images); lower it")
+    disc_start_step = epochs_to_steps(lw["disc_start_epochs"], steps_per_epoch)
+    loss_fn = make_loss(lw, gan=gan, weights_dir=weights_dir,
+                        disc_start_step=disc_start_step).to(device)
     amp = tr["amp"] == "bf16" and device.type == "cuda"
     if tr["compile"] and device.type == "cuda":
         model.encoder.compile()
@@ -333,15 +350,11 @@ def _fit(model: nn.Module, train: PreparedImages, val: PreparedImages, *, quanti
                                    weights_dir=weights_dir, device=device)
         fid = (extractor, fidm.load_statistics(fid_inputs["val_ref"]))
 
-    n, bs, epochs = len(train), tr["batch_size"], tr["epochs"]
-    steps_per_epoch = n // bs
-    if steps_per_epoch < 1:
-        raise ValueError(f"{what}: batch_size {bs} is larger than the training split ({n})")
     total_steps = epochs * steps_per_epoch
     seed = settings["seed"]
 
     state = ResumableState(state_dir, {**settings, "what": what, "world": info.world_size},
-                           interval_s=checkpoint_interval_s, rank=info.rank)
+                           inputs=inputs, interval_s=checkpoint_interval_s, rank=info.rank)
     pos = {"epoch": 0, "batch": 0, "step": 0}
     sums = np.zeros(8)  # loss, mse, lpips, vq, perplexity, g_loss, d_loss, batches
     book = {"curve": [], "best": None, "best_val_rec": math.inf, "bad_evals": 0,
@@ -386,7 +399,7 @@ def _fit(model: nn.Module, train: PreparedImages, val: PreparedImages, *, quanti
                 parts = loss_fn(x, out.x_hat, out.vq_loss, step=step,
                                 last_layer=model.last_layer)
             loss = parts["loss"]
-            check_finite(loss, epoch=epoch, step=step)
+            check_finite(loss, epoch=epoch, step=step, state=state, snapshot=snapshot)
             weight = len(local) * info.world_size / len(rows)
             opt.zero_grad(set_to_none=True)
             (loss * weight).backward()
@@ -436,8 +449,9 @@ def _fit(model: nn.Module, train: PreparedImages, val: PreparedImages, *, quanti
                        val_fid=values[3])
             if plateau is not None:
                 plateau.step(values[2])
-            early_stopping_update(book, values[2], patience=tr["early_stopping_patience"],
-                                  last_epoch=last_epoch, key="best_val_rec")
+            if not gan or pos["step"] > disc_start_step:
+                early_stopping_update(book, values[2], patience=tr["early_stopping_patience"],
+                                      last_epoch=last_epoch, key="best_val_rec")
             if best_mode and info.is_main and (book["best"] is None
                                                or values[3] < book["best"]["val_fid"]):
                 book["best"] = {"epoch": epoch + 1, "step": pos["step"], "val_fid": values[3],
@@ -492,7 +506,8 @@ def pretrain_ae(*, data: str, model: str, curve: str, record: str, settings: dic
     net = build_model(settings["model"], continuous=True)
     result = _fit(net, _images(data, "train"), _images(data, "val"), quantize=False,
                   settings=settings, state_dir=state_dir,
-                  checkpoint_interval_s=checkpoint_interval_s, what="ae", weights_dir=weights_dir)
+                  checkpoint_interval_s=checkpoint_interval_s, what="ae", weights_dir=weights_dir,
+                  inputs={"data": data})
     _finish(net, settings["model"], result, model_out=model, curve_out=curve, record=record,
             preset=preset, settings=settings, continuous=True)
 
@@ -574,13 +589,16 @@ def train_vq(*, data: str, init: str, model: str, curve: str, record: str, setti
              weights_dir: str | None = None, val_ref: str | None = None,
              classifier: str | None = None) -> None:
     """VQ training from the initialised tokenizer: from scratch (baseline) or fine-tuning the
-    autoencoder (deferred); the GAN variants add the PatchGAN after ``disc_start`` steps."""
+    autoencoder (deferred); the GAN variants add the PatchGAN after ``disc_start_epochs``
+    epochs of this phase."""
     seed_everything(settings["seed"])
     net, blob = load_model(init)
     result = _fit(net, _images(data, "train"), _images(data, "val"), quantize=True,
                   settings=settings, state_dir=state_dir,
                   checkpoint_interval_s=checkpoint_interval_s, what="vq", weights_dir=weights_dir,
-                  fid_inputs={"val_ref": val_ref, "classifier": classifier})
+                  fid_inputs={"val_ref": val_ref, "classifier": classifier},
+                  inputs={"data": data, "init": init, "val_ref": val_ref,
+                          "classifier": classifier})
     _finish(net, blob["config"], result, model_out=model, curve_out=curve, record=record,
             preset=preset, settings=settings)
 

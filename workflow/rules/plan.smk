@@ -1,0 +1,22 @@
+# The plan of the targets, from config alone: no dataset path, no data, no GPU needed
+# (runs on the submitting machine: LOCAL_RULES, common.smk).
+
+
+rule budget:
+    """Steps per epoch, maximum steps, warm-up, GAN start, k-means sample, resources and (with
+    measured step times) GPU-hours of every training run of the targets (README: Budget).
+    """
+    input:
+        unpack(get_step_times),
+    output:
+        table="results/plan/budget.csv",
+    log:
+        log_path("budget", "budget"),
+    conda:
+        ENV
+    params:
+        **stage_params("plan.budget"),
+        settings=lambda w: budget_settings(),
+        preset=PRESET,
+    script:
+        STAGE_SCRIPT
