@@ -24,7 +24,6 @@ rule claims:
         STAGE_SCRIPT
 
 
-
 rule synthetic_table:
     input:
         metrics=[f"{run}/eval/metrics.json" for run in main_runs()],
