@@ -19,9 +19,10 @@ Initialisation (``init``; default ``"random"``):
   centre chosen so far. This is inherently k sequential draws; each draw is a handful of
   O(N*D) tensor ops with no host-device synchronisation, so N=32,768, k=16,384 takes a few
   seconds on 2 CPU cores (comparable to 10 Lloyd iterations), and is fast on GPU. Kept as
-  an option: on the narrow embeddings of an untrained encoder it spreads the initial
-  codebook (a larger codebook distance, a lower inertia), i.e. it undoes part of the
-  shrinkage the paper measures (benchmarks/README.md, "open choices").
+  an option: it spreads the initial codebook (a larger codebook distance, a lower
+  inertia); after VQ training the baseline's codebook ends where random seeding puts it
+  and the deferred one is wider, so the measured gap grows (benchmarks/README.md, "Open
+  choices").
 
 Determinism: all randomness comes from a ``torch.Generator`` seeded with ``seed`` on the
 data's device. On CPU results are bitwise reproducible; on CUDA ``index_add_`` uses float
