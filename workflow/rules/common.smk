@@ -997,8 +997,9 @@ budget_plan()
 
 # ---------------------------------------------------------------- targets
 def all_targets():
+    # Not results/plan/budget.csv: it is asked for on its own, and its split sizes change
+    # once a dataset is prepared, so inside `all` it would be stale after every first build.
     return [
-        "results/plan/budget.csv",
         "results/tables/synthetic.csv",
         "results/tables/synthetic_claims.csv",
         "results/tables/claims.csv",
