@@ -18,13 +18,9 @@ from pathlib import Path
 
 import torch
 
+from vqshrink.errors import PlainError
+
 log = logging.getLogger("vqshrink")
-
-# Errors whose message says what happened and what to do: logged and shown without a
-# traceback (workflow/scripts/stage.py exits with the message alone).
-from vqshrink.errors import PlainError  # noqa: E402
-
-PLAIN_ERRORS = (PlainError,)
 
 
 def configure_logging(log_file: str | os.PathLike | None) -> None:
@@ -58,7 +54,7 @@ def stage(fn: Callable) -> Callable:
         t0 = time.perf_counter()
         try:
             result = fn(**kwargs)
-        except PLAIN_ERRORS as err:
+        except PlainError as err:  # its message says what to do: logged without a traceback
             logger.error("stage %s failed after %.1f s: %s", fn.__qualname__,
                          time.perf_counter() - t0, err)
             raise
