@@ -24,24 +24,66 @@ VAL_SIZE = 5_000
 FOLDER = "cifar-10-batches-py"
 
 
+TRAIN_FILES = tuple(f"data_batch_{b}" for b in range(1, 6))
+TEST_FILES = ("test_batch",)
+META_FILE = "batches.meta"
+
+
+def _unpickle(path: Path) -> dict:
+    """One file of the release: a dict pickled by Python 2 (read with latin1, as torchvision)."""
+    import pickle
+
+    if not path.is_file():
+        raise DatasetError(f"CIFAR-10 file {path} is missing")
+    try:
+        with open(path, "rb") as fh:
+            return pickle.load(fh, encoding="latin1")
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as err:
+        raise DatasetError(f"CIFAR-10 file {path} cannot be read: {err}") from None
+
+
+def official_files(root: str | Path) -> bool:
+    """Whether every file under ``root``/cifar-10-batches-py has the official release's md5
+    (the checksums torchvision's CIFAR10 holds)."""
+    from torchvision.datasets import CIFAR10
+    from torchvision.datasets.utils import check_integrity
+
+    folder = Path(root) / FOLDER
+    files = CIFAR10.train_list + CIFAR10.test_list + [[META_FILE, CIFAR10.meta["md5"]]]
+    return all(check_integrity(str(folder / name), md5) for name, md5 in files)
+
+
 def load_cifar10(
     root: str | Path, *, train: bool, download: bool = False
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(uint8 N x 32 x 32 x 3 images, int64 labels, class names) of one official split."""
-    from torchvision.datasets import CIFAR10
+    """(uint8 N x 32 x 32 x 3 images, int64 labels, class names) of one official split.
 
+    The pickled batches are read as torchvision's CIFAR10 reads them (``data`` rows of 3,072
+    bytes, channel-major; ``labels``; ``batches.meta``'s ``label_names``), without its md5
+    check, so a copy in the same format (the smoke preset's) is read too; whether the files
+    are the official ones is :func:`official_files`."""
     root = Path(root)
-    if not download and not (root / FOLDER).is_dir():
+    if download:
+        from torchvision.datasets import CIFAR10
+
+        CIFAR10(str(root), train=train, download=True)
+    folder = root / FOLDER
+    if not folder.is_dir():
         raise DatasetError(
             f"CIFAR-10 not found: {root} has no {FOLDER}/ folder; put torchvision's "
             "CIFAR-10 there or prepare with download=True"
         )
-    try:
-        ds = CIFAR10(str(root), train=train, download=download)
-    except RuntimeError as err:  # torchvision's "not found or corrupted"
-        raise DatasetError(f"CIFAR-10 under {root} cannot be read: {err}") from None
-    images = np.asarray(ds.data, dtype=np.uint8)
-    return images, np.asarray(ds.targets, dtype=np.int64), list(ds.classes)
+    images, labels = [], []
+    for name in TRAIN_FILES if train else TEST_FILES:
+        entry = _unpickle(folder / name)
+        data = np.asarray(entry.get("data"), dtype=np.uint8)
+        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or "labels" not in entry:
+            raise DatasetError(f"CIFAR-10 file {folder / name}: expected 'data' rows of 3072 "
+                               f"bytes and 'labels', got data of shape {data.shape}")
+        images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        labels.extend(entry["labels"])
+    classes = list(_unpickle(folder / META_FILE)["label_names"])
+    return np.concatenate(images), np.asarray(labels, dtype=np.int64), classes
 
 
 def prepare_cifar10(
@@ -72,7 +114,8 @@ def prepare_cifar10(
     meta = {
         "dataset": "cifar10",
         "source": {
-            "root": str(root.resolve()), "kind": "torchvision CIFAR10", "downloaded": download
+            "root": str(root.resolve()), "kind": "CIFAR-10 python batches",
+            "downloaded": download, "official_files": official_files(root),
         },
         "classes": classes,
         "seed": seed,
