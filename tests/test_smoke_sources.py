@@ -48,13 +48,13 @@ def test_imagenet_tree_is_deterministic_and_atomic(tmp_path):
 
 
 def test_odir_csv_has_kaggle_columns_and_prepares_with_every_label_in_every_split(tmp_path):
-    root = ss.make_odir(tmp_path / "odir", images=100, seed=1)
-    df = pd.read_csv(root / "full_df.csv")
+    images, csv = ss.make_odir(tmp_path / "odir" / "preprocessed_images",
+                               tmp_path / "odir" / "full_df.csv", images=100, seed=1)
+    df = pd.read_csv(csv)
     assert list(df.columns) == list(ss.ODIR_COLUMNS)
     assert df["labels"].iloc[0].startswith("['") and df["target"].iloc[0].startswith("[")
-    assert len(df) == 100 and set(df["filename"]) == {p.name for p in
-                                                      (root / "preprocessed_images").iterdir()}
-    out = prepare_odir(root / "preprocessed_images", root / "full_df.csv", tmp_path / "prep",
+    assert len(df) == 100 and set(df["filename"]) == {p.name for p in images.iterdir()}
+    out = prepare_odir(images, csv, tmp_path / "prep",
                        workers=1, progress=False)
     sizes = {}
     for split in ("train", "val", "test"):

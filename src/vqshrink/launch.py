@@ -75,6 +75,7 @@ LOCAL_RULES = (
     "training_curves",
     "claims",
     "budget",
+    "smoke_sources",
 )
 
 Stage = Callable[..., Any] | str  # a function, or its name under vqshrink.stages

@@ -184,6 +184,7 @@ from vqshrink import prerequisites as vqprereq
 from vqshrink import weights as vqweights
 
 DATASETS = config["datasets"]
+SMOKE_ROOT = "results/smoke_data"  # rule smoke_sources; the smoke preset's source paths
 METRICS = config["metrics"]
 TOK = config["tokenizers"]
 SWEEP = config["vqvae_sweep"]
@@ -618,6 +619,7 @@ def gen_sample_settings(w):
         "seed": GEN["samples"]["seed"],
         "batch_size": GEN["samples"]["batch_size"],
         "grid": GEN["samples"]["grid"],
+        "max_images": GEN["samples"]["max_images"],
         "device": gen_device(),
     }
 
@@ -710,6 +712,7 @@ def gen_table_settings(w):
         "paper_dataset": spec["dataset"],
         "dataset": used_dataset(spec["dataset"]),
         "rows": gen_table_rows(w.gen_table),
+        "max_samples": GEN["samples"]["max_images"],
     }
 
 

@@ -26,3 +26,29 @@ rule prepare_dataset:
         preset=PRESET,
     script:
         STAGE_SCRIPT
+
+
+rule smoke_sources:
+    """Source data in the real on-disk layouts for the smoke preset, generated from
+    config smoke_data (vqshrink.data.smoke_sources); the preset's dataset paths point here.
+    """
+    input:
+        class_list=DATASETS["imagenet100"]["class_list"],
+    output:
+        imagenet100=directory(f"{SMOKE_ROOT}/imagenet100"),
+        odir_images=directory(f"{SMOKE_ROOT}/odir/preprocessed_images"),
+        odir_annotation=f"{SMOKE_ROOT}/odir/full_df.csv",
+        cifar10=directory(f"{SMOKE_ROOT}/cifar10"),
+    log:
+        log_path("smoke_sources", "smoke_sources"),
+    benchmark:
+        bench_path("smoke_sources", "smoke_sources")
+    conda:
+        ENV
+    threads: 1
+    params:
+        **stage_params("smoke.smoke_sources"),
+        settings=config["smoke_data"],
+        preset=PRESET,
+    script:
+        STAGE_SCRIPT

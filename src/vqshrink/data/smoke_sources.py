@@ -7,8 +7,8 @@ reads from a user's disk (so ``vqshrink.data.{imagenet100,odir,cifar10}`` run un
 - ImageNet-100: an ILSVRC-2012 train tree ``<root>/<wnid>/<wnid>_<n>.JPEG`` covering the
   given wnids, JPEGs of varied non-square sizes (the real shorter-side resize and centre
   crop run);
-- ODIR-5K: ``<dir>/preprocessed_images/<id>_<left|right>.jpg`` and a Kaggle-style
-  ``<dir>/full_df.csv`` (the columns of andrewmvd/ocular-disease-recognition-odir5k's file;
+- ODIR-5K: an image folder of ``<id>_<left|right>.jpg`` (Kaggle's ``preprocessed_images``)
+  and a Kaggle-style ``full_df.csv`` (the columns of andrewmvd/ocular-disease-recognition-odir5k's file;
   ``labels`` like ``['N']``, ``target`` one-hot), every category present;
 - CIFAR-10: ``<root>/cifar-10-batches-py/`` with ``data_batch_1..5``, ``test_batch`` and
   ``batches.meta``, pickled dicts in the format of the official release.
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vqshrink.io import make_temporary_dir
+from vqshrink.io import atomic_path, make_temporary_dir
 
 ODIR_CATEGORIES = ("N", "D", "G", "C", "A", "H", "M", "O")
 ODIR_KEYWORDS = {"N": "normal fundus", "D": "moderate non proliferative retinopathy",
@@ -113,14 +113,14 @@ def odir_counts(images: int) -> list[int]:
     return [base + images % len(ODIR_CATEGORIES)] + [base] * (len(ODIR_CATEGORIES) - 1)
 
 
-def make_odir(root: str | Path, *, images: int, seed: int = 0,
-              sides: tuple[int, int] = (120, 220)) -> Path:
-    """``<root>/preprocessed_images/*.jpg`` and ``<root>/full_df.csv`` (Kaggle's columns): one
-    row per image, two eyes per patient, category counts :func:`odir_counts`."""
-    root, tmp = _building(root)
+def make_odir(image_dir: str | Path, annotation: str | Path, *, images: int, seed: int = 0,
+              sides: tuple[int, int] = (120, 220)) -> tuple[Path, Path]:
+    """``image_dir/*.jpg`` (Kaggle's ``preprocessed_images``) and ``annotation`` (its
+    ``full_df.csv`` columns): one row per image, two eyes per patient, category counts
+    :func:`odir_counts`. Both are written beside their targets and renamed into place."""
+    image_dir, tmp = _building(image_dir)
     try:
         rng = np.random.default_rng(seed)
-        (tmp / "preprocessed_images").mkdir()
         labels = np.repeat(np.arange(len(ODIR_CATEGORIES)), odir_counts(images))
         labels = labels[rng.permutation(len(labels))]
         rows = []
@@ -129,7 +129,7 @@ def make_odir(root: str | Path, *, images: int, seed: int = 0,
             cat = ODIR_CATEGORIES[label]
             name = f"{patient}_{('left', 'right')[eye]}.jpg"
             h, w = _sizes(rng, *sides)
-            _jpeg(class_image(label, h, w, rng), tmp / "preprocessed_images" / name)
+            _jpeg(class_image(label, h, w, rng), tmp / name)
             flags = [int(c == cat) for c in ODIR_CATEGORIES]
             rows.append({
                 "ID": patient, "Patient Age": int(rng.integers(20, 90)),
@@ -141,11 +141,12 @@ def make_odir(root: str | Path, *, images: int, seed: int = 0,
                 "filepath": ODIR_FILEPATH + name, "labels": str([cat]), "target": str(flags),
                 "filename": name,
             })
-        with open(tmp / "full_df.csv", "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=ODIR_COLUMNS)
-            writer.writeheader()
-            writer.writerows(rows)
-        return _publish(tmp, root)
+        with atomic_path(annotation) as csv_tmp:
+            with open(csv_tmp, "w", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=ODIR_COLUMNS)
+                writer.writeheader()
+                writer.writerows(rows)
+        return _publish(tmp, image_dir), Path(annotation)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -182,16 +183,3 @@ def make_cifar10(root: str | Path, *, per_batch: int, test_images: int, seed: in
         return _publish(tmp, root)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def make_sources(*, imagenet100: str, odir: str, cifar10: str, settings: dict,
-                 class_list: str) -> None:
-    """All three sources from ``settings`` (config ``smoke_data``)."""
-    from vqshrink.data.imagenet100 import read_class_list
-
-    seed = settings["seed"]
-    make_imagenet_tree(imagenet100, read_class_list(class_list),
-                       per_class=settings["imagenet100_per_class"], seed=seed)
-    make_odir(odir, images=settings["odir_images"], seed=seed + 1)
-    make_cifar10(cifar10, per_batch=settings["cifar10_per_batch"],
-                 test_images=settings["cifar10_test_images"], seed=seed + 2)

@@ -88,7 +88,12 @@ class Run:
     runtime_min: int = 0
     amp: str = "none"
     compile: bool = False
+    train_cap: int | None = None  # generators.training.train_images (null: the whole split)
     extra: dict = field(default_factory=dict)
+
+    def train_images(self, split: int) -> int:
+        """Training images the run uses of a ``split``-image train split."""
+        return split if self.train_cap is None else min(split, self.train_cap)
 
 
 # ---------------------------------------------------------------- builders (from settings)
@@ -142,7 +147,7 @@ def generator_run(*, run: str, dataset: str, resolution: int, settings: dict,
         plateau_patience=tr["plateau_patience"],
         early_stopping_patience=tr["early_stopping_patience"],
         gpus=resources["gpu"], runtime_min=resources["runtime"], amp=tr["amp"],
-        compile=tr["compile"],
+        compile=tr["compile"], train_cap=tr.get("train_images"),
         keys={"batch_size": f"{o}.batch_size", "epochs": "generators.training.epochs",
               "warmup": f"{o}.warmup_epochs",
               "plateau_patience": "generators.training.plateau_patience",
@@ -275,7 +280,7 @@ def problems(runs: list[Run], sizes: dict[str, dict]) -> list[str]:
     finding, naming the first run it concerns and how many others share it."""
     found: dict[tuple[str, str], list[str]] = {}
     for run in runs:
-        for key, what in run_problems(run, sizes[run.dataset]["train"]):
+        for key, what in run_problems(run, run.train_images(sizes[run.dataset]["train"])):
             found.setdefault((key, what), []).append(f"{run.rule_name} {run.run}")
     lines = []
     for (key, what), where in found.items():
@@ -296,7 +301,7 @@ def check(runs: list[Run], sizes: dict[str, dict]) -> None:
 def budget_rows(runs: list[Run], sizes: dict[str, dict], sources: dict[str, str]) -> list[dict]:
     rows = []
     for run in runs:
-        n = sizes[run.dataset]["train"]
+        n = run.train_images(sizes[run.dataset]["train"])
         s = schedule(run, n)
         rows.append({
             "rule": run.rule_name, "run": run.run, "dataset": run.dataset, "train_images": n,

@@ -210,7 +210,9 @@ def train(*, tokens_train: str, tokens_val: str, meta: str, tokenizer: str, mode
                                token_shape=tok_meta["shapes"]["train"][1:],
                                vocab_size=tok_meta["codebook_size"])
     net.to(device)
-    train_set = TokenSet(tokens_train, tok_meta["labels"]["train"])
+    # training.train_images: a budget cap on the train token maps used (null: all; smoke)
+    train_set = TokenSet(tokens_train, tok_meta["labels"]["train"],
+                         limit=tr.get("train_images"))
     val_set = TokenSet(tokens_val, tok_meta["labels"]["val"], limit=tr["val_images"])
     amp = tr["amp"] == "bf16" and device.type == "cuda"
     if tr["compile"] and device.type == "cuda":
@@ -334,7 +336,8 @@ def train(*, tokens_train: str, tokens_val: str, meta: str, tokenizer: str, mode
                              stopped_early=book["stopped_early"], checkpoint=chosen,
                              parameters=sum(p.numel() for p in net.parameters()
                                             if p.requires_grad),
-                             num_classes=num_classes, tokenizer=tokenizer), record)
+                             num_classes=num_classes, tokenizer=tokenizer,
+                             train_images=len(train_set)), record)
         state.path.unlink(missing_ok=True)
     distributed.teardown()
 
@@ -355,6 +358,14 @@ def sample_labels(test_labels: np.ndarray, num_classes: int, per_class: int, *,
     total = num_classes * per_class
     quota = largest_remainder(total * counts / counts.sum(), total, np.random.default_rng(seed))
     return np.repeat(np.arange(num_classes, dtype=np.int64), quota)
+
+
+def capped_labels(labels: np.ndarray, cap: int | None) -> np.ndarray:
+    """At most ``cap`` of the class-sorted ``labels`` (null: all), evenly spaced over them so
+    the classes stay spread (samples.max_images: a budget cap, null at paper scale)."""
+    if cap is None or cap >= len(labels):
+        return labels
+    return labels[np.round(np.linspace(0, len(labels) - 1, cap)).astype(np.int64)]
 
 
 def _decode(tok: nn.Module, tokens: Tensor) -> Tensor:
@@ -396,6 +407,7 @@ def sample(*, model: str, tokenizer: str, data: str, images: str, labels: str, t
     num_classes = blob["config"]["num_classes"]
     ys = sample_labels(PreparedImages(data, "test").labels, num_classes, settings["per_class"],
                        seed=settings["seed"])
+    ys = capped_labels(ys, settings.get("max_images"))
     bs = settings["batch_size"]
     img_arr = tok_arr = None
     with atomic_path(images) as img_tmp, atomic_path(tokens) as tok_tmp:

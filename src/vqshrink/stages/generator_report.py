@@ -68,6 +68,8 @@ def table(*, metrics: list[str], records: list[str], paper: str, table: str, set
             "lpips_backbone": m["lpips_backbone"],
             "pixel_norm": f"{m['pixel_norm']} x {m['pixel_scale']:.6g} (of [0, 255])",
             "samples": m["samples"],
+            "samples_cap": settings.get("max_samples"),
+            "train_images": rec.get("train_images"),
             "lpips_images": m["lpips_images"],
             "checkpoint": rec.get("checkpoint"),
             "epochs_run": rec.get("epochs_run"),
