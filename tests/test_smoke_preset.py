@@ -89,3 +89,15 @@ def test_smoke_plan_passes_the_checks_and_generates_its_sources(tmp_path):
     jobs = planned_jobs(out)
     assert jobs["smoke_sources"] == 1 and jobs["prepare_dataset"] == 2
     assert jobs["tokenizer_init_codebook"] == 4 + 2 * 13   # table 4 variants + Fig. 4's sizes
+
+
+def test_tokenizer_train_cap_shortens_epochs_but_not_the_kmeans_sample():
+    run = pb.Run(rule_name="tokenizer_train_vq", run="results/tokenizers/odir/var/baseline",
+                 dataset="odir", model="var/multiscale", resolution=128, batch_size=8,
+                 max_epochs=2, eval_every=1, kmeans_embeddings=16384, embeddings_per_image=256,
+                 train_cap=16, keys={"batch_size": "b", "kmeans": "tokenizers.kmeans.ratio"})
+    assert pb.problems([run], {"odir": {"train": 70}}) == []   # 70 x 256 >= 16,384
+    [row] = pb.budget_rows([run], {"odir": {"train": 70}}, {"odir": "test"})
+    assert (row["train_images"], row["steps_per_epoch"], row["max_steps"]) == (16, 2, 4)
+    # the k-means sample still needs the whole split
+    assert "tokenizers.kmeans.ratio" in "\n".join(pb.problems([run], {"odir": {"train": 60}}))

@@ -88,7 +88,7 @@ class Run:
     runtime_min: int = 0
     amp: str = "none"
     compile: bool = False
-    train_cap: int | None = None  # generators.training.train_images (null: the whole split)
+    train_cap: int | None = None  # <section>.training.train_images (null: the whole split)
     extra: dict = field(default_factory=dict)
 
     def train_images(self, split: int) -> int:
@@ -126,7 +126,7 @@ def tokenizer_run(*, rule_name: str, run: str, dataset: str, model: str, setting
         gan=bool(loss["gan"]), disc_start_epochs=loss["disc_start_epochs"],
         kmeans_embeddings=k, embeddings_per_image=latent_positions(settings["model"]),
         gpus=resources["gpu"], runtime_min=resources["runtime"], amp=tr["amp"],
-        compile=tr["compile"],
+        compile=tr["compile"], train_cap=tr.get("train_images"),
         keys={"batch_size": f"{t}.batch_size", "epochs": f"{t}.epochs.{phase}",
               "warmup": f"{t}.warmup_steps", "plateau_patience": f"{t}.plateau_patience",
               "early_stopping_patience": f"{t}.early_stopping_patience",
@@ -223,10 +223,14 @@ def _never_acts(key: str, patience: int, needed: int, counted: int, why: str) ->
     return []
 
 
-def run_problems(run: Run, train_images: int) -> list[tuple[str, str]]:
-    """(config key, what is wrong with its numbers) for one run on ``train_images``."""
+def run_problems(run: Run, split: int) -> list[tuple[str, str]]:
+    """(config key, what is wrong with its numbers) for one run on a ``split``-image train
+    split (of which an epoch uses ``run.train_images(split)``; the k-means sample, all)."""
     k = run.keys
+    train_images = run.train_images(split)
     where = f"{train_images:,} {run.dataset} train images"
+    if train_images < split:
+        where += f" of {split:,}: the train_images cap"
     if run.drop_last and run.batch_size > train_images:
         return [(k["batch_size"], f"batch_size {run.batch_size} is larger than the training "
                                   f"split ({where}): 0 steps per epoch")]
@@ -266,11 +270,12 @@ def run_problems(run: Run, train_images: int) -> list[tuple[str, str]]:
         out += _never_acts(k["plateau_patience"], run.plateau_patience,
                            run.plateau_patience + 3, len(counted), why)
     if run.kmeans_embeddings is not None:
-        have = train_images * run.embeddings_per_image
+        have = split * run.embeddings_per_image
         if run.kmeans_embeddings > have:
             out.append((k["kmeans"],
                         f"the k-means sample of {run.kmeans_embeddings:,} embeddings is larger "
-                        f"than the training split gives ({where} x {run.embeddings_per_image} "
+                        f"than the training split gives ({split:,} {run.dataset} train images "
+                        f"x {run.embeddings_per_image} "
                         f"per image = {have:,})"))
     return out
 
@@ -280,7 +285,7 @@ def problems(runs: list[Run], sizes: dict[str, dict]) -> list[str]:
     finding, naming the first run it concerns and how many others share it."""
     found: dict[tuple[str, str], list[str]] = {}
     for run in runs:
-        for key, what in run_problems(run, run.train_images(sizes[run.dataset]["train"])):
+        for key, what in run_problems(run, sizes[run.dataset]["train"]):
             found.setdefault((key, what), []).append(f"{run.rule_name} {run.run}")
     lines = []
     for (key, what), where in found.items():

@@ -319,6 +319,8 @@ def _fit(model: nn.Module, train: PreparedImages, val: PreparedImages, *, quanti
     model.to(device)
     gan = quantize and lw["gan"]
     n, bs, epochs = len(train), tr["batch_size"], tr["epochs"]
+    if tr.get("train_images") is not None:  # a budget cap (smoke): the first rows of the split
+        n = min(n, tr["train_images"])
     steps_per_epoch = n // bs
     if steps_per_epoch < 1:
         raise ValueError(f"{what}: config key tokenizers.training.batch_size (in the "
