@@ -180,9 +180,10 @@ def classifier_label(dataset: str) -> str:
 
 def make_extractor(fid: dict, *, classifier: str | None, weights_dir: str | None,
                    device: torch.device) -> fidm.FeatureExtractor:
-    """The FID feature network of ``fid`` settings: clean-fid Inception or the substitute."""
-    if fid["feature_net"] == "inception":
-        return fidm.build_extractor("inception", cache_dir=weights_dir, device=device)
+    """The FID feature network of ``fid`` settings: clean-fid Inception, its architecture with
+    random weights, or the substitute classifier."""
+    if fid["feature_net"] in ("inception", "inception_random"):
+        return fidm.build_extractor(fid["feature_net"], cache_dir=weights_dir, device=device)
     if fid["feature_net"] == "classifier":
         if classifier is None:
             raise ValueError("substitute FID needs the trained classifier (input 'classifier')")
