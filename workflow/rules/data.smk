@@ -15,6 +15,8 @@ rule prepare_dataset:
         data=directory("results/data/{dataset}"),
     log:
         log_path("prepare_dataset", "{dataset}"),
+    benchmark:
+        bench_path("prepare_dataset", "{dataset}")
     conda:
         ENV
     threads: DATASETS["resources"]["cpus_per_task"]

@@ -53,6 +53,8 @@ rule generator_sample:
         record="results/generators/{dataset}/{generator}/{variant}/{schedule}/samples/run.json",
     log:
         log_path("generator_sample", "{dataset}_{generator}_{variant}_{schedule}"),
+    benchmark:
+        bench_path("generator_sample", "{dataset}_{generator}_{variant}_{schedule}")
     conda:
         ENV
     threads: gen_resources("sample")["cpus_per_task"]
@@ -76,6 +78,8 @@ rule generator_eval:
         metrics="results/generators/{dataset}/{generator}/{variant}/{schedule}/eval/metrics.json",
     log:
         log_path("generator_eval", "{dataset}_{generator}_{variant}_{schedule}"),
+    benchmark:
+        bench_path("generator_eval", "{dataset}_{generator}_{variant}_{schedule}")
     conda:
         ENV
     threads: gen_resources("eval")["cpus_per_task"]
@@ -105,6 +109,8 @@ rule generator_table:
         ),
     log:
         log_path("generator_table", "{gen_table}"),
+    benchmark:
+        bench_path("generator_table", "{gen_table}")
     conda:
         ENV
     params:
@@ -128,6 +134,8 @@ rule fig5:
         ),
     log:
         log_path("fig5", "fig5"),
+    benchmark:
+        bench_path("fig5", "fig5")
     conda:
         ENV
     params:
@@ -156,6 +164,8 @@ rule training_curves:
         ),
     log:
         log_path("training_curves", "{group}-{dataset}"),
+    benchmark:
+        bench_path("training_curves", "{group}-{dataset}")
     wildcard_constraints:
         dataset="|".join([*IMAGE_DATASETS, "gaussians"]),
     conda:

@@ -12,6 +12,8 @@ rule budget:
         table="results/plan/budget.csv",
     log:
         log_path("budget", "budget"),
+    benchmark:
+        bench_path("budget", "budget")
     conda:
         ENV
     params:

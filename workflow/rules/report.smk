@@ -14,6 +14,8 @@ rule claims:
         ),
     log:
         log_path("claims", "claims"),
+    benchmark:
+        bench_path("claims", "claims")
     conda:
         ENV
     params:
@@ -40,6 +42,8 @@ rule synthetic_table:
         ),
     log:
         log_path("synthetic_table", "synthetic"),
+    benchmark:
+        bench_path("synthetic_table", "synthetic")
     conda:
         ENV
     params:
@@ -67,6 +71,8 @@ rule embeddings_collapse:
         ),
     log:
         log_path("embeddings_collapse", "embeddings_collapse"),
+    benchmark:
+        bench_path("embeddings_collapse", "embeddings_collapse")
     conda:
         ENV
     params:
@@ -93,6 +99,8 @@ rule fig2:
         ),
     log:
         log_path("fig2", "fig2"),
+    benchmark:
+        bench_path("fig2", "fig2")
     conda:
         ENV
     params:
@@ -142,6 +150,8 @@ rule fig3_fig6:
         ),
     log:
         log_path("fig3_fig6", "fig3_fig6"),
+    benchmark:
+        bench_path("fig3_fig6", "fig3_fig6")
     conda:
         ENV
     params:

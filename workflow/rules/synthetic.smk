@@ -8,6 +8,8 @@ rule synthetic_data:
         record="results/synthetic/data/dim{dim}.json",
     log:
         log_path("synthetic_data", "dim{dim}"),
+    benchmark:
+        bench_path("synthetic_data", "dim{dim}")
     conda:
         ENV
     params:
@@ -53,6 +55,10 @@ rule synthetic_init_codebook:
         record="results/synthetic/dim{dim}/h{hidden}/seed{seed}/{schedule}/init/run.json",
     log:
         log_path("synthetic_init_codebook", "dim{dim}_h{hidden}_seed{seed}_{schedule}"),
+    benchmark:
+        bench_path(
+            "synthetic_init_codebook", "dim{dim}_h{hidden}_seed{seed}_{schedule}"
+        )
     conda:
         ENV
     threads: 1
@@ -101,6 +107,8 @@ rule synthetic_eval:
         samples="results/synthetic/dim{dim}/h{hidden}/seed{seed}/{schedule}/eval/samples.npz",
     log:
         log_path("synthetic_eval", "dim{dim}_h{hidden}_seed{seed}_{schedule}"),
+    benchmark:
+        bench_path("synthetic_eval", "dim{dim}_h{hidden}_seed{seed}_{schedule}")
     conda:
         ENV
     threads: 1
@@ -123,6 +131,8 @@ rule synthetic_projection:
         projection="results/synthetic/dim{dim}/h{hidden}/seed{seed}/projection.npz",
     log:
         log_path("synthetic_projection", "dim{dim}_h{hidden}_seed{seed}"),
+    benchmark:
+        bench_path("synthetic_projection", "dim{dim}_h{hidden}_seed{seed}")
     conda:
         ENV
     threads: 1

@@ -40,6 +40,8 @@ rule fid_classifier:
         record="results/fid/{dataset}/classifier.json",
     log:
         log_path("fid_classifier", "{dataset}"),
+    benchmark:
+        bench_path("fid_classifier", "{dataset}")
     conda:
         ENV
     threads: METRICS["resources"]["cpus_per_task"]
@@ -63,6 +65,8 @@ rule fid_reference:
         stats="results/fid/{dataset}/{split}-{featnet}.npz",
     log:
         log_path("fid_reference", "{dataset}_{split}_{featnet}"),
+    benchmark:
+        bench_path("fid_reference", "{dataset}_{split}_{featnet}")
     conda:
         ENV
     threads: METRICS["resources"]["cpus_per_task"]
@@ -121,6 +125,8 @@ rule tokenizer_init_codebook:
         record="results/tokenizers/{dataset}/{variant}/{schedule}/init/run.json",
     log:
         log_path("tokenizer_init_codebook", "{dataset}_{variant}_{schedule}"),
+    benchmark:
+        bench_path("tokenizer_init_codebook", "{dataset}_{variant}_{schedule}")
     conda:
         ENV
     threads: tok_threads("init")
@@ -177,6 +183,8 @@ rule tokenizer_eval:
         reconstructions="results/tokenizers/{dataset}/{variant}/{schedule}/eval/reconstructions.png",
     log:
         log_path("tokenizer_eval", "{dataset}_{variant}_{schedule}"),
+    benchmark:
+        bench_path("tokenizer_eval", "{dataset}_{variant}_{schedule}")
     conda:
         ENV
     threads: tok_threads("eval")
@@ -203,6 +211,8 @@ rule tokenizer_tokens:
         meta="results/tokenizers/{dataset}/{variant}/{schedule}/tokens/meta.json",
     log:
         log_path("tokenizer_tokens", "{dataset}_{variant}_{schedule}"),
+    benchmark:
+        bench_path("tokenizer_tokens", "{dataset}_{variant}_{schedule}")
     conda:
         ENV
     threads: tok_threads("eval")
@@ -234,6 +244,8 @@ rule tokenizer_table:
         ),
     log:
         log_path("tokenizer_table", "{tok_table}"),
+    benchmark:
+        bench_path("tokenizer_table", "{tok_table}")
     conda:
         ENV
     params:
@@ -262,6 +274,8 @@ rule fig4:
         ),
     log:
         log_path("fig4", "fig4"),
+    benchmark:
+        bench_path("fig4", "fig4")
     conda:
         ENV
     params:

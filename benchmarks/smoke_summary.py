@@ -1,0 +1,45 @@
+"""Summarise Snakemake's benchmark files of a build (results/benchmarks/<rule>/<job>.tsv):
+per stage kind (rule) the jobs, total and slowest wall time and peak RSS; then the slowest
+jobs. Used for benchmarks/README.md, "Smoke build".
+
+    python benchmarks/smoke_summary.py [results/benchmarks] [--slowest 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+
+def read_benchmarks(root: Path) -> pd.DataFrame:
+    rows = []
+    for path in sorted(root.glob("*/*.tsv")):
+        frame = pd.read_csv(path, sep="\t")
+        last = frame.iloc[-1]   # one line per repeat; Snakemake runs one
+        rows.append({"rule": path.parent.name, "job": path.stem, "s": float(last["s"]),
+                     "max_rss_mb": float(last["max_rss"]), "cpu_s": float(last["cpu_time"])})
+    if not rows:
+        raise SystemExit(f"no benchmark files under {root}/<rule>/*.tsv")
+    return pd.DataFrame(rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("root", nargs="?", default="results/benchmarks", type=Path)
+    ap.add_argument("--slowest", type=int, default=10)
+    args = ap.parse_args()
+    jobs = read_benchmarks(args.root)
+    kinds = jobs.groupby("rule").agg(jobs=("job", "size"), total_s=("s", "sum"),
+                                     max_s=("s", "max"), peak_rss_mb=("max_rss_mb", "max"))
+    kinds = kinds.sort_values("total_s", ascending=False)
+    print(kinds.round(1).to_markdown())
+    print(f"\n{len(jobs)} jobs, {jobs['s'].sum() / 60:.1f} job-minutes, "
+          f"{jobs['cpu_s'].sum() / 60:.1f} CPU-minutes\n")
+    print(jobs.sort_values("s", ascending=False).head(args.slowest)[
+        ["rule", "job", "s", "max_rss_mb"]].round(1).to_markdown(index=False))
+
+
+if __name__ == "__main__":
+    main()
