@@ -3,6 +3,8 @@ that passes the schedule checks on the generated sources."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import yaml
 
@@ -101,3 +103,23 @@ def test_tokenizer_train_cap_shortens_epochs_but_not_the_kmeans_sample():
     assert (row["train_images"], row["steps_per_epoch"], row["max_steps"]) == (16, 2, 4)
     # the k-means sample still needs the whole split
     assert "tokenizers.kmeans.ratio" in "\n".join(pb.problems([run], {"odir": {"train": 60}}))
+
+
+def test_prepared_metadata_of_other_sources_is_not_used(tmp_path):
+    """A dataset prepared from other sources (the smoke preset's, in the same results/) does
+    not set the paper plan's split sizes: its preparation reruns, so the plan uses the
+    configured source's known size."""
+    (tmp_path / "odir").mkdir()
+    (tmp_path / "odir" / "meta.json").write_text(json.dumps(
+        {"split_sizes": {"train": 70, "val": 10, "test": 20},
+         "source": {"image_dir": str(tmp_path / "smoke" / "images"),
+                    "annotation": str(tmp_path / "smoke" / "full_df.csv")}}))
+    known = CONFIG["plan"]["known_sizes"]["odir"]
+    paper = {**CONFIG["datasets"]["odir"], "image_dir": "/data/odir/images",
+             "annotation": "/data/odir/full_df.csv"}
+    sizes, source = pb.split_sizes("odir", paper, known, data_root=tmp_path)
+    assert sizes["train"] == 4475 and source.startswith("config plan.known_sizes.odir")
+    smoke = {**paper, "image_dir": str(tmp_path / "smoke" / "images"),
+             "annotation": str(tmp_path / "smoke" / "full_df.csv")}
+    sizes, source = pb.split_sizes("odir", smoke, known, data_root=tmp_path)
+    assert sizes["train"] == 70 and source.endswith("odir/meta.json")

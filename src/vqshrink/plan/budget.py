@@ -186,13 +186,32 @@ def known_split_sizes(dataset: str, data_cfg: dict, known: dict) -> dict:
     return {"train": n - sum(sizes.values()), **sizes}
 
 
+# The source paths a prepared dataset's meta.json records (vqshrink.data), per dataset.
+SOURCE_KEYS = {"imagenet100": ("root",), "odir": ("image_dir", "annotation"),
+               "cifar10": ("root",)}
+
+
+def _same_sources(dataset: str, data_cfg: dict, recorded: dict) -> bool:
+    """Whether a prepared dataset came from the configured sources (paths compared resolved)."""
+    for key in SOURCE_KEYS.get(dataset, ()):
+        if data_cfg.get(key) is None or key not in recorded:
+            continue
+        if Path(data_cfg[key]).resolve() != Path(recorded[key]).resolve():
+            return False
+    return True
+
+
 def split_sizes(dataset: str, data_cfg: dict, known: dict | None,
                 data_root: str | Path = "results/data") -> tuple[dict, str]:
-    """(split sizes, where they come from): the prepared ``meta.json`` when it exists,
-    else the known source size in config. A dataset with neither is an error naming the key."""
+    """(split sizes, where they come from): the prepared ``meta.json`` when it exists and
+    was made from the configured sources (one from other sources, e.g. the smoke preset's,
+    is prepared again), else the known source size in config. A dataset with neither is an
+    error naming the key."""
     meta = Path(data_root) / dataset / "meta.json"
     if meta.is_file():
-        return dict(json.loads(meta.read_text())["split_sizes"]), str(meta)
+        prepared = json.loads(meta.read_text())
+        if _same_sources(dataset, data_cfg, prepared.get("source", {})):
+            return dict(prepared["split_sizes"]), str(meta)
     if not known:
         raise PlanError(f"config key plan.known_sizes.{dataset} is not set and {meta} does not "
                         "exist: the budget needs the dataset's size (give its image count and "
