@@ -19,14 +19,11 @@ from vqshrink.stages import tokenizer_report as rep
 
 from image_fixtures import one_thread, write_digits  # noqa: F401
 from repo_helpers import ROOT
-from test_generator_stages import LOSS, TOK_TRAIN, train_settings
+from test_generator_stages import LOSS, _tokenizer, train_settings
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 PAPER = str(ROOT / "workflow/resources/paper_tables.csv")
-MODEL = {"family": "vqgan", "resolution": 16, "ch": 32, "ch_mult": [1, 1], "num_res_blocks": 1,
-         "attn_resolutions": [], "dropout": 0.0, "z_channels": 32, "embed_dim": 8,
-         "quantizer": "vq", "codebook_size": 32, "beta": 0.25}
 RANDOM_VGG = {"net": "vgg", "pretrained": False}
 
 
@@ -34,32 +31,17 @@ RANDOM_VGG = {"net": "vgg", "pretrained": False}
 def tokenizer(tmp_path_factory) -> dict:
     """A tiny tokenizer trained one epoch (two steps) with MSE + LPIPS-VGG on a RANDOM trunk,
     evaluated, with its token maps (the DAG's tokenizer stages)."""
-    d = tmp_path_factory.mktemp("tok")
-    data = write_digits(d / "digits", 64, 32, 16)
-    tok.init_codebook(data=data, init=str(d / "init.pt"), embeddings=str(d / "emb.npz"),
-                      record=str(d / "init.json"), preset="test",
-                      settings={"model": MODEL, "kmeans": {"ratio": 2, "iters": 3,
-                                                           "init": "kmeans++", "batch_size": 4},
-                                "seed": 0, "schedule": "baseline", "batch_size": 32,
-                                "device": "cpu"})
-    loss = {**LOSS, "perceptual_weight": 1.0, "lpips_pretrained": False}
-    tok.train_vq(data=data, init=str(d / "init.pt"), model=str(d / "model.pt"),
-                 curve=str(d / "curve.csv"), record=str(d / "run.json"), preset="test",
-                 settings={"model": MODEL, "loss": loss, "train": TOK_TRAIN, "seed": 0,
-                           "checkpoint": "final"},
-                 state_dir=str(d / "state"), checkpoint_interval_s=0.0)
+    root = tmp_path_factory.mktemp("tok")
+    data = write_digits(root / "digits", 64, 32, 16)
+    tk = _tokenizer(data, root / "vq", "vq",
+                    loss={**LOSS, "perceptual_weight": 1.0, "lpips_pretrained": False})
+    d = root / "vq"
     (d / "eval").mkdir()
-    tok.evaluate(data=data, model=str(d / "model.pt"), metrics=str(d / "eval/metrics.json"),
+    tok.evaluate(data=data, model=tk["model"], metrics=str(d / "eval/metrics.json"),
                  reconstructions=str(d / "eval/rec.png"), preset="test",
                  settings={"split": "test", "fid": None, "lpips": RANDOM_VGG, "batch_size": 64,
                            "device": "cpu"})
-    paths = {s: str(d / f"tokens/{s}.npy") for s in ("train", "val", "test")}
-    tok.extract_tokens(data=data, model=str(d / "model.pt"), tokens_train=paths["train"],
-                       tokens_val=paths["val"], tokens_test=paths["test"],
-                       meta=str(d / "tokens/meta.json"), preset="test",
-                       settings={"batch_size": 64, "device": "cpu"})
-    return {"dir": d, "model": str(d / "model.pt"), "meta": str(d / "tokens/meta.json"),
-            "metrics": str(d / "eval/metrics.json"), **paths}
+    return {**tk, "dir": d, "metrics": str(d / "eval/metrics.json")}
 
 
 SPEC = {"variant": "maskgit", "schedule": "baseline", "gan": False, "paper_model": "MaskGIT",
