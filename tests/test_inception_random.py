@@ -17,8 +17,7 @@ import pytest
 import torch
 
 from vqshrink import weights
-from vqshrink.data.digits import digits_images
-from vqshrink.data.prepared import PreparedImages, SplitRows, write_prepared
+from vqshrink.data.prepared import PreparedImages
 from vqshrink.io import load_json
 from vqshrink.metrics import fid
 from vqshrink.metrics.inception_random import (
@@ -29,7 +28,7 @@ from vqshrink.metrics.inception_random import (
 from vqshrink.stages import tokenizer as tok
 from vqshrink.stages import tokenizer_report as rep
 
-from image_fixtures import one_thread  # noqa: F401
+from image_fixtures import one_thread, write_digits  # noqa: F401
 from repo_helpers import ROOT
 
 pytestmark = [
@@ -94,14 +93,7 @@ def test_same_seed_same_network_features_keep_their_scale(net):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> str:
     """8 digits per split at 16 px (clean-fid upsamples them to 299)."""
-    out = tmp_path_factory.mktemp("data") / "digits"
-    images, labels = digits_images(16)
-    rows = {"train": range(0, 8), "val": range(8, 16), "test": range(16, 24)}
-    splits = {s: SplitRows(index=[str(i) for i in r], labels=labels[list(r)],
-                           images=images[list(r)]) for s, r in rows.items()}
-    write_prepared(out, splits, meta={"dataset": "digits", "classes": [str(i) for i in range(10)]},
-                   resolution=16, progress=False)
-    return str(out)
+    return write_digits(tmp_path_factory.mktemp("data") / "digits", 8, 8, 8)
 
 
 @pytest.fixture(scope="module")
