@@ -2,20 +2,25 @@
 per stage kind (rule) the jobs, total and slowest wall time and peak RSS; then the slowest
 jobs. Used for benchmarks/README.md, "Smoke build".
 
-    python benchmarks/smoke_summary.py [results/benchmarks] [--slowest 10]
+    python benchmarks/smoke_summary.py [results/benchmarks] [--slowest 10] [--since ISO-TIME]
+
+``--since`` keeps the files written after a time (the build's start; older ones are stale).
 """
 
 from __future__ import annotations
 
 import argparse
+from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
 
 
-def read_benchmarks(root: Path) -> pd.DataFrame:
+def read_benchmarks(root: Path, since: float = 0.0) -> pd.DataFrame:
     rows = []
     for path in sorted(root.glob("*/*.tsv")):
+        if path.stat().st_mtime < since:
+            continue
         frame = pd.read_csv(path, sep="\t")
         last = frame.iloc[-1]   # one line per repeat; Snakemake runs one
         rows.append({"rule": path.parent.name, "job": path.stem, "s": float(last["s"]),
@@ -29,14 +34,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("root", nargs="?", default="results/benchmarks", type=Path)
     ap.add_argument("--slowest", type=int, default=10)
+    ap.add_argument("--since", default=None, help="ISO time, e.g. 2026-12-01T01:56:00+00:00")
     args = ap.parse_args()
-    jobs = read_benchmarks(args.root)
+    since = datetime.fromisoformat(args.since).timestamp() if args.since else 0.0
+    jobs = read_benchmarks(args.root, since)
     kinds = jobs.groupby("rule").agg(jobs=("job", "size"), total_s=("s", "sum"),
                                      max_s=("s", "max"), peak_rss_mb=("max_rss_mb", "max"))
     kinds = kinds.sort_values("total_s", ascending=False)
     print(kinds.round(1).to_markdown())
-    print(f"\n{len(jobs)} jobs, {jobs['s'].sum() / 60:.1f} job-minutes, "
-          f"{jobs['cpu_s'].sum() / 60:.1f} CPU-minutes\n")
+    print(f"\n{len(jobs)} jobs, {jobs['s'].sum() / 60:.1f} job-minutes\n")
     print(jobs.sort_values("s", ascending=False).head(args.slowest)[
         ["rule", "job", "s", "max_rss_mb"]].round(1).to_markdown(index=False))
 
