@@ -24,7 +24,7 @@ def read_benchmarks(root: Path, since: float = 0.0) -> pd.DataFrame:
         frame = pd.read_csv(path, sep="\t")
         last = frame.iloc[-1]   # one line per repeat; Snakemake runs one
         rows.append({"rule": path.parent.name, "job": path.stem, "s": float(last["s"]),
-                     "max_rss_mb": float(last["max_rss"]), "cpu_s": float(last["cpu_time"])})
+                     "max_rss_mb": float(last["max_rss"])})
     if not rows:
         raise SystemExit(f"no benchmark files under {root}/<rule>/*.tsv")
     return pd.DataFrame(rows)
