@@ -22,9 +22,11 @@ pytestmark = [pytest.mark.smoke, pytest.mark.workflow]
 TARGETS = ["results/tables/table6.csv", "results/tables/table11.csv",
            "results/tables/table12.csv", "results/figures/fig4.png"]
 SIZES = [16384, 65536]
-# Trainable parameters of the paper-size generators at 16,384 codes and 100 / 8 classes
-PARAMETERS = {("var", "odir"): 322.0e6, ("maskgit", "odir"): 189.0e6,
-              ("llamagen", "imagenet100"): 110.2e6}
+# Trainable parameters of the paper-size generators at 16,384 codes (ODIR: 8 classes,
+# ImageNet-100: 100), as the smoke build printed them: VAR-d16 321,862,912, MaskGIT-d24
+# (valeoai v1 layout) 188,869,120, LlamaGen GPT-B 110,197,248
+PARAMETERS = {("var", "odir"): 321.86e6, ("maskgit", "odir"): 188.87e6,
+              ("llamagen", "imagenet100"): 110.20e6}
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +46,7 @@ def _table(repo, name):
 def _generator_rows(frame, generator, dataset):
     assert (frame["generator"] == generator).all() and (frame["dataset"] == dataset).all()
     assert frame["parameters"].map(lambda p: abs(p - PARAMETERS[generator, dataset])
-                                   < 0.05e6).all(), frame["parameters"].tolist()
+                                   < 0.01e6).all(), frame["parameters"].tolist()
     assert (frame["codebook_size"] == 16384).all()
     assert (frame["tokens_per_image"] == (680 if generator == "var" else 256)).all()
     assert sorted(frame["schedule"]) == sorted(["w/o Deferred", "w/ Deferred"] * (len(frame) // 2))
