@@ -32,7 +32,8 @@ PARAMETERS = {("var", "odir"): 321.86e6, ("maskgit", "odir"): 188.87e6,
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     repo = copy_repo(tmp_path_factory.mktemp("smoke"))
-    snakemake("-c2", *TARGETS, "--config", "preset=smoke",
+    # mem_mb: the two VAR-d16 trainings (9.6 GB each on CPU) do not run side by side
+    snakemake("-c2", "--resources", "mem_mb=16000", *TARGETS, "--config", "preset=smoke",
               f"vqvae_sweep={json.dumps({'codebook_sizes': SIZES})}", cwd=repo)
     return repo
 
