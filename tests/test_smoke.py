@@ -33,7 +33,7 @@ PARAMETERS = {("var", "odir"): 321.86e6, ("maskgit", "odir"): 188.87e6,
 def built(tmp_path_factory):
     repo = copy_repo(tmp_path_factory.mktemp("smoke"))
     # mem_mb: the two VAR-d16 trainings (9.6 GB each on CPU) do not run side by side
-    snakemake("-c2", "--resources", "mem_mb=16000", *TARGETS, "--config", "preset=smoke",
+    snakemake("-c2", *TARGETS, "--resources", "mem_mb=16000", "--config", "preset=smoke",
               f"vqvae_sweep={json.dumps({'codebook_sizes': SIZES})}", cwd=repo)
     return repo
 
