@@ -7,6 +7,9 @@ pytest then uses them as that module's own fixtures.
 
 from __future__ import annotations
 
+import collections
+import contextlib
+
 import pytest
 import torch
 
@@ -56,26 +59,51 @@ def fid_net(data, tmp_path_factory) -> dict:
 
 
 def kill_at_step(module, monkeypatch, step: int) -> list[int]:
-    """Make ``module.check_finite`` (called once per training step) raise KeyboardInterrupt
-    at ``step``, once: a simulated kill. Returns the list of steps it sees, appended to."""
-    real, seen, pending = module.check_finite, [], [step]
+    """Make ``module.StepLog.add`` (called once per training step, after its update) raise
+    KeyboardInterrupt at ``step``, once: a simulated kill. Returns the list of steps it sees,
+    appended to."""
+    seen, pending = [], [step]
 
-    def killed(loss, *, epoch, step, **kw):
-        seen.append(step)
-        if step in pending:
-            pending.clear()
-            raise KeyboardInterrupt("simulated kill")
-        real(loss, epoch=epoch, step=step, **kw)
+    class Killed(module.StepLog):
+        def add(self, loss, *values, epoch, step):
+            seen.append(step)
+            if step in pending:
+                pending.clear()
+                raise KeyboardInterrupt("simulated kill")
+            super().add(loss, *values, epoch=epoch, step=step)
 
-    monkeypatch.setattr(module, "check_finite", killed)
+    monkeypatch.setattr(module, "StepLog", Killed)
     return seen
 
 
 def nan_at_step(module, monkeypatch, at: int) -> None:
-    """Make the loss that ``module.check_finite`` sees at step ``at`` NaN (weights stay finite)."""
-    real = module.check_finite
+    """Make the loss that ``module.StepLog`` watches at step ``at`` NaN (weights stay finite);
+    it is found at the next sync point (a state save, every SYNC_EVERY steps, the epoch's end)."""
 
-    def poisoned(loss, *, epoch, step, **kw):
-        real(loss * float("nan") if step == at else loss, epoch=epoch, step=step, **kw)
+    class Poisoned(module.StepLog):
+        def add(self, loss, *values, epoch, step):
+            super().add(loss * float("nan") if step == at else loss, *values, epoch=epoch,
+                        step=step)
 
-    monkeypatch.setattr(module, "check_finite", poisoned)
+    monkeypatch.setattr(module, "StepLog", Poisoned)
+
+
+HOST_READS = ("item", "tolist", "numpy", "__bool__", "__int__", "__float__", "__index__")
+
+
+@contextlib.contextmanager
+def count_host_reads(monkeypatch):
+    """Count the tensor-to-host reads (``.item()``, ``.tolist()``, ``.numpy()``, ``bool()``,
+    ``int()``, ``float()``, ``__index__``) made inside: on a GPU each waits for the device.
+    Yields a Counter by method name."""
+    counts: collections.Counter = collections.Counter()
+    with monkeypatch.context() as m:
+        for name in HOST_READS:
+            real = getattr(torch.Tensor, name)
+
+            def counted(self, *a, _real=real, _name=name, **kw):
+                counts[_name] += 1
+                return _real(self, *a, **kw)
+
+            m.setattr(torch.Tensor, name, counted)
+        yield counts

@@ -48,9 +48,10 @@ from vqshrink.stages.tokenizer import (
     to_uint8,
 )
 from vqshrink.training import (
+    SYNC_EVERY,
     ResumableState,
+    StepLog,
     broadcast_from_main,
-    check_finite,
     early_stopping_update,
     epoch_order,
     pick_device,
@@ -238,7 +239,7 @@ def train(*, tokens_train: str, tokens_val: str, meta: str, tokenizer: str, mode
     state = ResumableState(state_dir, {**settings, "world": info.world_size}, inputs=inputs,
                            interval_s=checkpoint_interval_s, rank=info.rank)
     pos = {"epoch": 0, "batch": 0, "step": 0}
-    sums = np.zeros(3)  # loss, acc, batches of the running epoch
+    sums = None  # the running epoch's sums and batches (StepLog.saved)
     book = {"curve": [], "best": None, "best_val": math.inf, "bad_evals": 0,
             "stopped_early": False, "done": False}
     if (saved := state.restore()) is not None:
@@ -246,11 +247,12 @@ def train(*, tokens_train: str, tokens_val: str, meta: str, tokenizer: str, mode
         opt.load_state_dict(saved["optimizer"])
         if plateau is not None:
             plateau.load_state_dict(saved["plateau"])
-        pos, sums, book = dict(saved["pos"]), np.asarray(saved["sums"]), dict(saved["book"])
+        pos, sums, book = dict(saved["pos"]), list(saved["sums"]), dict(saved["book"])
+    steps = StepLog(("loss", "acc"), device, state=state, saved=sums)
 
     def snapshot() -> dict:
         snap = {"model": net.state_dict(), "optimizer": opt.state_dict(), "pos": dict(pos),
-                "sums": sums.tolist(), "book": book}
+                "sums": steps.saved(), "book": book}
         if plateau is not None:
             snap["plateau"] = plateau.state_dict()
         return snap
@@ -275,23 +277,24 @@ def train(*, tokens_train: str, tokens_val: str, meta: str, tokenizer: str, mode
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 out = ddp(tokens, labels)
             loss = out["loss"].float()
-            check_finite(loss, epoch=epoch, step=step, state=state, snapshot=snapshot)
             opt.zero_grad(set_to_none=True)
             (loss * (len(local) * info.world_size / len(rows))).backward()
             if opt_cfg["grad_clip"]:
                 torch.nn.utils.clip_grad_norm_(net.parameters(), opt_cfg["grad_clip"])
             opt.step()
-            sums += np.array([loss.item(), out["acc"].float().item(), 1.0])
+            steps.add(loss, loss, out["acc"].float(), epoch=epoch, step=step)
             pos["batch"] += 1
             pos["step"] += 1
             bar.update(1)
-            if pos["step"] % 20 == 0:
-                bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+            if pos["step"] % SYNC_EVERY == 0:
+                steps.check()
+                bar.set_postfix(loss=f"{steps.means()[0].item():.4f}", refresh=False)
             if pos["batch"] < steps_per_epoch:
-                state.maybe_save(snapshot)
+                state.maybe_save(snapshot, before=steps.check)
 
         # ---- end of epoch: curve row, validation, plateau, early stopping, best weights
-        means = distributed.all_mean(torch.tensor(sums[:2] / max(sums[2], 1)))
+        steps.check()
+        means = distributed.all_mean(steps.means())
         row = {"epoch": epoch + 1, "step": pos["step"], "loss": means[0].item(),
                "acc": means[1].item(), "lr": opt.param_groups[0]["lr"]}
         last_epoch = epoch + 1 == epochs
@@ -317,7 +320,7 @@ def train(*, tokens_train: str, tokens_val: str, meta: str, tokenizer: str, mode
         log.info("%s epoch %d: %s", what, epoch + 1,
                  {k: round(v, 5) for k, v in row.items() if isinstance(v, float)})
         pos.update(epoch=epoch + 1, batch=0)
-        sums[:] = 0
+        steps.reset()
         book["done"] = book["done"] or pos["epoch"] >= epochs
         state.maybe_save(snapshot, force=book["done"])
     bar.close()
