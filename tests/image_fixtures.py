@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+import vqshrink
 from vqshrink.data.digits import digits_images
 from vqshrink.data.prepared import SplitRows, write_prepared
 from vqshrink.stages import tokenizer as tok
@@ -94,15 +97,23 @@ HOST_READS = ("item", "tolist", "numpy", "__bool__", "__int__", "__float__", "__
 @contextlib.contextmanager
 def count_host_reads(monkeypatch):
     """Count the tensor-to-host reads (``.item()``, ``.tolist()``, ``.numpy()``, ``bool()``,
-    ``int()``, ``float()``, ``__index__``) made inside: on a GPU each waits for the device.
-    Yields a Counter by method name."""
+    ``int()``, ``float()``, ``__index__``) that vqshrink's own code makes inside: on a GPU
+    each waits for the device. Reads inside torch are not counted (the optimizers read
+    their step counters, which stay on the CPU), nor those of ``models/labels.py`` (it reads
+    labels only when they are on the CPU). Yields a Counter by "file:line method"."""
     counts: collections.Counter = collections.Counter()
+    root = str(Path(vqshrink.__file__).parent)
+    cpu_only = str(Path(root) / "models" / "labels.py")
     with monkeypatch.context() as m:
         for name in HOST_READS:
             real = getattr(torch.Tensor, name)
 
             def counted(self, *a, _real=real, _name=name, **kw):
-                counts[_name] += 1
+                caller = sys._getframe(1)
+                file = caller.f_code.co_filename
+                if file.startswith(root) and file != cpu_only:
+                    where = Path(file).relative_to(root)
+                    counts[f"{where}:{caller.f_lineno} {_name}"] += 1
                 return _real(self, *a, **kw)
 
             m.setattr(torch.Tensor, name, counted)

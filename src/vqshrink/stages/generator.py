@@ -131,11 +131,16 @@ def load_generator(path: str, tokenizer: str, device: torch.device | str = "cpu"
 class TokenSet:
     """One split of a tokenizer's token maps with the dataset's labels, in memory."""
 
-    def __init__(self, tokens: str, labels: str, limit: int | None = None) -> None:
+    def __init__(self, tokens: str, labels: str, limit: int | None = None,
+                 num_classes: int | None = None) -> None:
         t = np.load(tokens, mmap_mode="r")
         y = np.load(labels)
         if len(t) != len(y):
             raise ValueError(f"{tokens}: {len(t)} token maps but {labels} has {len(y)} labels")
+        # checked here once: the models check labels on an accelerator without a host read
+        if num_classes is not None and len(y) and (y.min() < 0 or y.max() >= num_classes):
+            raise ValueError(f"{labels}: labels lie in [{y.min()}, {y.max()}], outside the "
+                             f"dataset's {num_classes} classes [0, {num_classes})")
         n = len(t) if limit is None else min(limit, len(t))
         self.tokens = torch.from_numpy(np.asarray(t[:n]).astype(np.int64))
         self.labels = torch.from_numpy(y[:n].astype(np.int64))
@@ -211,8 +216,9 @@ def train(*, tokens_train: str, tokens_val: str, meta: str, tokenizer: str, mode
                                token_shape=tok_meta["shapes"]["train"][1:],
                                vocab_size=tok_meta["codebook_size"])
     net.to(device)
-    train_set = TokenSet(tokens_train, tok_meta["labels"]["train"])
-    val_set = TokenSet(tokens_val, tok_meta["labels"]["val"], limit=tr["val_images"])
+    train_set = TokenSet(tokens_train, tok_meta["labels"]["train"], num_classes=num_classes)
+    val_set = TokenSet(tokens_val, tok_meta["labels"]["val"], limit=tr["val_images"],
+                       num_classes=num_classes)
     amp = tr["amp"] == "bf16" and device.type == "cuda"
     if tr["compile"] and device.type == "cuda":
         net.compile()
