@@ -204,6 +204,8 @@ def test_state_from_before_an_upstream_change_is_not_resumed(tokenizers, tmp_pat
 
 
 def test_nan_loss_keeps_the_state_before_it(tokenizers, tmp_path, monkeypatch):
+    """A state save after every step (interval 0): the check before the save after the NaN
+    step stops the run, and last.pt keeps the state saved before that step."""
     nan_at_step(gen, monkeypatch, 3)
     d = tmp_path / "nan"
     d.mkdir()

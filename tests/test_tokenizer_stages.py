@@ -298,6 +298,8 @@ def test_state_from_before_an_upstream_change_is_not_resumed(data, tmp_path, mon
 
 
 def test_nan_loss_keeps_the_state_before_it(data, tmp_path, monkeypatch):
+    """A state save after every step (interval 0): the check before the save after the NaN
+    step stops the run, and last.pt keeps the state saved before that step."""
     model = model_cfg("vq")
     d = init(data, tmp_path / "nan", model, "baseline")
     nan_at_step(tok, monkeypatch, 2)
