@@ -12,6 +12,7 @@ import contextlib
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -33,17 +34,23 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> str:
-    """300 digits at 16 px: 200 train / 50 val / 50 test (a prepared dataset)."""
-    out = tmp_path_factory.mktemp("data") / "digits"
+def write_digits(out, train: int, val: int, test: int) -> str:
+    """The first train + val + test digits at 16 px as a prepared dataset in ``out``."""
     images, labels = digits_images(16)
-    rows = {"train": range(0, 200), "val": range(200, 250), "test": range(250, 300)}
+    ends = np.cumsum([train, val, test])
+    rows = {"train": range(0, ends[0]), "val": range(ends[0], ends[1]),
+            "test": range(ends[1], ends[2])}
     splits = {s: SplitRows(index=[str(i) for i in r], labels=labels[list(r)],
                            images=images[list(r)]) for s, r in rows.items()}
     write_prepared(out, splits, meta={"dataset": "digits", "classes": [str(i) for i in range(10)]},
                    resolution=16, progress=False)
     return str(out)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> str:
+    """300 digits at 16 px: 200 train / 50 val / 50 test (a prepared dataset)."""
+    return write_digits(tmp_path_factory.mktemp("data") / "digits", 200, 50, 50)
 
 
 @pytest.fixture(scope="module")

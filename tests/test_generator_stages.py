@@ -52,7 +52,7 @@ GEN_TRAIN = {"epochs": 2, "min_lr": 1e-6, "scheduler": "plateau", "plateau_facto
              "seed": 0}
 
 
-def _tokenizer(data: str, d: Path, quantizer: str) -> dict:
+def _tokenizer(data: str, d: Path, quantizer: str, loss: dict = LOSS) -> dict:
     """A tiny tokenizer trained one epoch, with its token maps (the DAG's tokenizer stages)."""
     extra = {"patch_nums": [1, 2, 4, 8]} if quantizer == "multiscale" else {}
     model = {**ARCH, "quantizer": quantizer, "codebook_size": 32, "beta": 0.25, **extra}
@@ -65,7 +65,7 @@ def _tokenizer(data: str, d: Path, quantizer: str) -> dict:
                                 "device": "cpu"})
     tok.train_vq(data=data, init=str(d / "init.pt"), model=str(d / "model.pt"),
                  curve=str(d / "curve.csv"), record=str(d / "run.json"), preset="test",
-                 settings={"model": model, "loss": LOSS, "train": TOK_TRAIN, "seed": 0,
+                 settings={"model": model, "loss": loss, "train": TOK_TRAIN, "seed": 0,
                            "checkpoint": "final"},
                  state_dir=str(d / "state"), checkpoint_interval_s=0.0)
     paths = {s: str(d / f"tokens-{s}.npy") for s in ("train", "val", "test")}

@@ -8,7 +8,7 @@ wildcard_constraints:
     variant="|".join([*TOK["variants"], r"vqvae-k\d+"]),
     arch="|".join([*TOK["architectures"], SWEEP_ARCH]),
     split="train|val|test",
-    featnet="inception|classifier",
+    featnet="inception|inception_random|classifier",
     tok_table="|".join(TOK["tables"]),
 
 

@@ -33,6 +33,11 @@ Feature networks (:class:`FeatureExtractor`):
   :func:`vqshrink.weights.checkpoint_dir` (never downloaded at run time: clean-fid would
   fetch it into ``/tmp``; we build ``InceptionV3W(path=<dir>, download=False)`` and pass
   it as the custom feature extractor). Label ``"inception-v3 (clean-fid)"``.
+* ``"inception_random"``: the same Inception-v3 architecture (clean-fid's FID Inception,
+  :mod:`vqshrink.metrics.inception_random`) with random seeded weights, same input contract
+  and resize; needs no weight file. Label
+  :data:`~vqshrink.metrics.inception_random.RANDOM_INCEPTION_LABEL` ("... RANDOM weights:
+  not comparable to paper FID").
 * ``"substitute:<name>"``: any torch module, e.g. :class:`SmallClassifier` trained on the
   demo data. Images get the same clean PIL-bicubic float resize, to the network's own
   input size instead of 299, and are mapped to [-1, 1]. The numbers are NOT comparable with
@@ -108,6 +113,15 @@ def inception_extractor(
     return FeatureExtractor("inception", INCEPTION_LABEL, model, INCEPTION_SIZE, dev)
 
 
+def inception_random_extractor(device: str | torch.device | None = None) -> FeatureExtractor:
+    """clean-fid's FID Inception-v3 architecture with random seeded weights (no weight file)."""
+    from vqshrink.metrics.inception_random import RANDOM_INCEPTION_LABEL, RandomFIDInception
+
+    dev = _default_device(device)
+    model = RandomFIDInception().to(dev).eval()
+    return FeatureExtractor("inception_random", RANDOM_INCEPTION_LABEL, model, INCEPTION_SIZE, dev)
+
+
 class _SubstituteWrapper(nn.Module):
     """[0, 255] float batch -> [-1, 1] -> ``net.features`` (or ``net``), flattened to (B, D)."""
 
@@ -148,14 +162,18 @@ def build_extractor(
     cache_dir: str | Path | None = None,
     device: str | torch.device | None = None,
 ) -> FeatureExtractor:
-    """``"inception"`` or ``"substitute:<name>"`` (then ``net`` is required)."""
+    """``"inception"``, ``"inception_random"`` or ``"substitute:<name>"`` (then ``net`` is
+    required)."""
     if spec == "inception":
         return inception_extractor(cache_dir, device)
+    if spec == "inception_random":
+        return inception_random_extractor(device)
     if spec.startswith("substitute:"):
         if net is None:
             raise ValueError(f"feature extractor {spec!r} needs its network (net=...)")
         return substitute_extractor(spec.split(":", 1)[1], net, device=device)
-    raise ValueError(f"unknown feature extractor {spec!r}: use 'inception' or 'substitute:<name>'")
+    raise ValueError(f"unknown feature extractor {spec!r}: use 'inception', 'inception_random' "
+                     "or 'substitute:<name>'")
 
 
 # --------------------------------------------------------------------------- features

@@ -210,7 +210,7 @@ def train(*, tokens_train: str, tokens_val: str, meta: str, tokenizer: str, mode
     tok_meta = load_json(meta)
     data = tok_meta["data"]
     num_classes = len(read_meta(data)["classes"])
-    tok, _ = load_model(tokenizer, "cpu")
+    tok, tok_blob = load_model(tokenizer, "cpu")
     seed_everything(tr["seed"])  # the initial weights are a function of the seed
     net, cfg = build_generator(family, settings["model"], tokenizer=tok, num_classes=num_classes,
                                token_shape=tok_meta["shapes"]["train"][1:],
@@ -343,7 +343,10 @@ def train(*, tokens_train: str, tokens_val: str, meta: str, tokenizer: str, mode
                              stopped_early=book["stopped_early"], checkpoint=chosen,
                              parameters=sum(p.numel() for p in net.parameters()
                                             if p.requires_grad),
-                             num_classes=num_classes, tokenizer=tokenizer), record)
+                             num_classes=num_classes, tokenizer=tokenizer,
+                             codebook_size=tok_meta["codebook_size"],
+                             tokens_per_image=int(np.prod(tok_meta["shapes"]["train"][1:])),
+                             tokenizer_loss=tok_blob.get("training_loss")), record)
         state.path.unlink(missing_ok=True)
     distributed.teardown()
 

@@ -75,6 +75,8 @@ def table(*, metrics: list[str], records: list[str], paper: str, table: str, set
             "parameters": rec.get("parameters"),
             "run": str(m_path).rsplit("/eval/", 1)[0],
         })
+        for key in ("codebook_size", "tokens_per_image", "tokenizer_loss"):  # Table 11 has them
+            row.setdefault(key, rec.get(key))
         rows.append(row)
     frame = pd.DataFrame(rows)
     save_csv(frame, table)

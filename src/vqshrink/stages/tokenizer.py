@@ -182,9 +182,10 @@ def classifier_label(dataset: str) -> str:
 
 def make_extractor(fid: dict, *, classifier: str | None, weights_dir: str | None,
                    device: torch.device) -> fidm.FeatureExtractor:
-    """The FID feature network of ``fid`` settings: clean-fid Inception or the substitute."""
-    if fid["feature_net"] == "inception":
-        return fidm.build_extractor("inception", cache_dir=weights_dir, device=device)
+    """The FID feature network of ``fid`` settings: clean-fid Inception, its architecture with
+    random weights, or the substitute classifier."""
+    if fid["feature_net"] in ("inception", "inception_random"):
+        return fidm.build_extractor(fid["feature_net"], cache_dir=weights_dir, device=device)
     if fid["feature_net"] == "classifier":
         if classifier is None:
             raise ValueError("substitute FID needs the trained classifier (input 'classifier')")
@@ -474,7 +475,7 @@ def _fit(model: nn.Module, train: PreparedImages, val: PreparedImages, *, quanti
         state.maybe_save(snapshot, force=book["done"])
     bar.close()
     return {"curve": book["curve"], "best": book["best"], "stopped_early": book["stopped_early"],
-            "steps": pos["step"], "state": state}
+            "steps": pos["step"], "state": state, "loss": loss_fn.describe()}
 
 
 def _finish(model: nn.Module, cfg: dict, result: dict, *, model_out: str, curve_out: str,
@@ -486,7 +487,9 @@ def _finish(model: nn.Module, cfg: dict, result: dict, *, model_out: str, curve_
     if info.is_main:
         best = result["best"]
         chosen = "final"
-        extra = {"continuous": continuous}
+        # the loss it was trained with (names a RANDOM LPIPS trunk): run.json, the checkpoint,
+        # and from there every evaluation and table row of this tokenizer
+        extra = {"continuous": continuous, "training_loss": result["loss"]}
         if settings.get("checkpoint") == "best_val_fid" and best is not None:
             model.load_state_dict(best["model"])
             chosen = f"best validation FID (epoch {best['epoch']}, FID {best['val_fid']:.4g})"
@@ -495,7 +498,7 @@ def _finish(model: nn.Module, cfg: dict, result: dict, *, model_out: str, curve_
             pd.DataFrame(result["curve"]).to_csv(tmp, index=False)
         save_json(run_record(preset, settings, epochs_run=len(result["curve"]),
                              steps=result["steps"], stopped_early=result["stopped_early"],
-                             checkpoint=chosen,
+                             checkpoint=chosen, training_loss=result["loss"],
                              best_epoch=best["epoch"] if best else None,
                              best_val_fid=best["val_fid"] if best else None), record)
         result["state"].path.unlink(missing_ok=True)
@@ -695,6 +698,7 @@ def evaluate(*, data: str, model: str, metrics: str, reconstructions: str, setti
         dead_fraction=cbm.dead_code_fraction(counts),
         codebook_size=k,
         tokens_per_image=int(counts.sum().item() // sums[2]),
+        training_loss=blob.get("training_loss"),
         images=int(sums[2]),
         split=settings["split"],
         mse_pixel_range="[-1, 1]",

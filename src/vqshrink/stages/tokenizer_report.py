@@ -117,6 +117,7 @@ def tokenizer_columns(m: dict, spec: dict, paper: pd.DataFrame, deferred: bool,
         "eval_images": m["images"],
         "fid_feature_net": m["fid_feature_net"],
         "lpips_backbone": m["lpips_backbone"],
+        "tokenizer_loss": m.get("training_loss"),
         "mse_pixel_range": m["mse_pixel_range"],
     })
     return row
@@ -189,6 +190,7 @@ def fig4(*, metrics: list[str], records: list[str], table: str, figure: str, set
             "paper_dataset": settings["paper_dataset"],
             "dataset": settings["dataset"],
             "codebook_size": m["codebook_size"],
+            "tokens_per_image": m.get("tokens_per_image"),
             "deferred": YES_NO[run_dir.endswith("/deferred")],
             "mse": m["mse"],
             "perplexity": m["perplexity"],
