@@ -7,10 +7,16 @@ pytest then uses them as that module's own fixtures.
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
+import vqshrink
 from vqshrink.data.digits import digits_images
 from vqshrink.data.prepared import SplitRows, write_prepared
 from vqshrink.stages import tokenizer as tok
@@ -63,26 +69,59 @@ def fid_net(data, tmp_path_factory) -> dict:
 
 
 def kill_at_step(module, monkeypatch, step: int) -> list[int]:
-    """Make ``module.check_finite`` (called once per training step) raise KeyboardInterrupt
-    at ``step``, once: a simulated kill. Returns the list of steps it sees, appended to."""
-    real, seen, pending = module.check_finite, [], [step]
+    """Make ``module.StepLog.add`` (called once per training step, after its update) raise
+    KeyboardInterrupt at ``step``, once: a simulated kill. Returns the list of steps it sees,
+    appended to."""
+    seen, pending = [], [step]
 
-    def killed(loss, *, epoch, step, **kw):
-        seen.append(step)
-        if step in pending:
-            pending.clear()
-            raise KeyboardInterrupt("simulated kill")
-        real(loss, epoch=epoch, step=step, **kw)
+    class Killed(module.StepLog):
+        def add(self, loss, *values, epoch, step):
+            seen.append(step)
+            if step in pending:
+                pending.clear()
+                raise KeyboardInterrupt("simulated kill")
+            super().add(loss, *values, epoch=epoch, step=step)
 
-    monkeypatch.setattr(module, "check_finite", killed)
+    monkeypatch.setattr(module, "StepLog", Killed)
     return seen
 
 
 def nan_at_step(module, monkeypatch, at: int) -> None:
-    """Make the loss that ``module.check_finite`` sees at step ``at`` NaN (weights stay finite)."""
-    real = module.check_finite
+    """Make the loss that ``module.StepLog`` watches at step ``at`` NaN (weights stay finite);
+    it is found at the next sync point (a state save, every SYNC_EVERY steps, the epoch's end)."""
 
-    def poisoned(loss, *, epoch, step, **kw):
-        real(loss * float("nan") if step == at else loss, epoch=epoch, step=step, **kw)
+    class Poisoned(module.StepLog):
+        def add(self, loss, *values, epoch, step):
+            super().add(loss * float("nan") if step == at else loss, *values, epoch=epoch,
+                        step=step)
 
-    monkeypatch.setattr(module, "check_finite", poisoned)
+    monkeypatch.setattr(module, "StepLog", Poisoned)
+
+
+HOST_READS = ("item", "tolist", "numpy", "__bool__", "__int__", "__float__", "__index__")
+
+
+@contextlib.contextmanager
+def count_host_reads(monkeypatch):
+    """Count the tensor-to-host reads (``.item()``, ``.tolist()``, ``.numpy()``, ``bool()``,
+    ``int()``, ``float()``, ``__index__``) that vqshrink's own code makes inside: on a GPU
+    each waits for the device. Reads inside torch are not counted (the optimizers read
+    their step counters, which stay on the CPU), nor those of ``models/labels.py`` (it reads
+    labels only when they are on the CPU). Yields a Counter by "file:line method"."""
+    counts: collections.Counter = collections.Counter()
+    root = str(Path(vqshrink.__file__).parent)
+    cpu_only = str(Path(root) / "models" / "labels.py")
+    with monkeypatch.context() as m:
+        for name in HOST_READS:
+            real = getattr(torch.Tensor, name)
+
+            def counted(self, *a, _real=real, _name=name, **kw):
+                caller = sys._getframe(1)
+                file = caller.f_code.co_filename
+                if file.startswith(root) and file != cpu_only:
+                    where = Path(file).relative_to(root)
+                    counts[f"{where}:{caller.f_lineno} {_name}"] += 1
+                return _real(self, *a, **kw)
+
+            m.setattr(torch.Tensor, name, counted)
+        yield counts

@@ -21,7 +21,8 @@ from vqshrink.stages import generator as gen
 from vqshrink.stages import generator_report as grep
 from vqshrink.stages import tokenizer as tok
 
-from image_fixtures import (FID, data, fid_net, kill_at_step, nan_at_step,  # noqa: F401
+from image_fixtures import (FID, count_host_reads, data, fid_net, kill_at_step,  # noqa: F401
+                            nan_at_step,
                             one_thread)
 from repo_helpers import ROOT, copy_repo, fake_sources, snakemake
 
@@ -203,6 +204,8 @@ def test_state_from_before_an_upstream_change_is_not_resumed(tokenizers, tmp_pat
 
 
 def test_nan_loss_keeps_the_state_before_it(tokenizers, tmp_path, monkeypatch):
+    """A state save after every step (interval 0): the check before the save after the NaN
+    step stops the run, and last.pt keeps the state saved before that step."""
     nan_at_step(gen, monkeypatch, 3)
     d = tmp_path / "nan"
     d.mkdir()
@@ -211,8 +214,41 @@ def test_nan_loss_keeps_the_state_before_it(tokenizers, tmp_path, monkeypatch):
         gen.train(tokens_train=tk["train"], tokens_val=tk["val"], meta=tk["meta"],
                   tokenizer=tk["model"], model=str(d / "model.pt"), curve=str(d / "curve.csv"),
                   record=str(d / "run.json"), settings=train_settings("llamagen"),
-                  preset="test", state_dir=str(d / "state"), checkpoint_interval_s=3600)
+                  preset="test", state_dir=str(d / "state"), checkpoint_interval_s=0)
     assert load_torch(d / "state" / "last.pt")["pos"] == {"epoch": 0, "batch": 3, "step": 3}
+
+
+@pytest.mark.parametrize("family", ["maskgit", "var", "llamagen"])
+def test_training_reads_the_device_a_fixed_number_of_times(family, tokenizers, tmp_path,
+                                                           monkeypatch):
+    """Host reads (each a host-device sync on a GPU) of one epoch of 2 and of 8 steps (200
+    token maps; one validation batch either way): the same count, so none is made per step."""
+    tk = tokenizers[tokenizer_for(family)]
+    reads = {}
+    for steps, batch in ((2, 100), (8, 25)):
+        d = tmp_path / f"b{batch}"
+        d.mkdir()
+        s = train_settings(family, epochs=1, val_images=20, checkpoint="final")
+        s["optimizer"] = {**s["optimizer"], "batch_size": batch}
+        with count_host_reads(monkeypatch) as counts:
+            gen.train(tokens_train=tk["train"], tokens_val=tk["val"], meta=tk["meta"],
+                      tokenizer=tk["model"], model=str(d / "model.pt"),
+                      curve=str(d / "curve.csv"), record=str(d / "run.json"), settings=s,
+                      preset="test", state_dir=str(d / "state"), checkpoint_interval_s=3600)
+        assert pd.read_csv(d / "curve.csv")["step"].tolist() == [steps]
+        reads[steps] = dict(counts)
+    assert reads[2] == reads[8]
+
+
+def test_labels_outside_the_classes_are_refused_naming_the_file(tokenizers, tmp_path):
+    tk = tokenizers["vq"]
+    labels = np.load(tk["train"], mmap_mode="r")
+    bad = tmp_path / "labels.npy"
+    np.save(bad, np.full(len(labels), 10, dtype=np.int64))
+    with pytest.raises(ValueError, match=r"labels\.npy: labels lie in \[10, 10\], outside "
+                                         r"the dataset's 10 classes"):
+        gen.TokenSet(tk["train"], str(bad), num_classes=10)
+    assert len(gen.TokenSet(tk["train"], str(bad), num_classes=11)) == len(labels)
 
 
 QUIET = {  # every dropout off: the only randomness left is the batch order (and MaskGIT's masks)

@@ -168,3 +168,14 @@ def test_random_inception_plans_without_any_weight_file(tmp_path):
                      str(tmp_path / "user.yaml"), cwd=repo)
     assert planned_jobs(proc.stdout)["fid_reference"] >= 1
     assert "test-inception_random.npz" in proc.stdout
+
+
+def test_torch_hub_dir_leaves_torch_home_in_charge_afterwards(tmp_path, monkeypatch):
+    """After ``weights.torch_hub_dir`` (used above and by every LPIPS / loss build), torch's
+    hub directory follows $TORCH_HOME again, as before: no directory pinned for good."""
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)  # torch's initial state, restored after
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "a"))
+    with weights.torch_hub_dir(tmp_path / "cache"):
+        assert Path(torch.hub.get_dir()) == weights.checkpoint_dir(tmp_path / "cache").parent
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "b"))
+    assert Path(torch.hub.get_dir()) == tmp_path / "b" / "hub"

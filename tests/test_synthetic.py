@@ -11,7 +11,7 @@ from vqshrink.io import load_torch
 from vqshrink.stages import synthetic as syn
 from vqshrink.training import NonFiniteLossError
 
-from image_fixtures import kill_at_step, nan_at_step
+from image_fixtures import count_host_reads, kill_at_step, nan_at_step
 
 DATA = {"input_dim": 2, "n_clusters": 10, "points_per_cluster": 60, "cluster_std": 1.0,
         "center_box": [-10.0, 10.0], "min_separation": 4.0, "data_seed": 0}
@@ -87,19 +87,12 @@ def test_baseline_and_deferred_runs_produce_outputs(tmp_path, data):
 
 def test_interrupted_training_resumes_to_the_same_result(tmp_path, data, monkeypatch):
     ref = run_vq(tmp_path, data, "ref", epochs=6)
-    real = syn.check_finite
-
-    def crash_at_step_25(loss, *, epoch, step, **kw):
-        if step == 25:
-            raise KeyboardInterrupt("simulated kill")
-        real(loss, epoch=epoch, step=step, **kw)
-
-    monkeypatch.setattr(syn, "check_finite", crash_at_step_25)
+    kill_at_step(syn, monkeypatch, 25)
     with pytest.raises(KeyboardInterrupt):
         run_vq(tmp_path, data, "resumed", epochs=6)
     state = load_torch(tmp_path / "resumed" / "state" / "last.pt")
     assert state["epoch"] == 2  # 10 steps per epoch: epochs 0 and 1 were saved
-    monkeypatch.setattr(syn, "check_finite", real)
+    monkeypatch.undo()
     d = tmp_path / "resumed"
     syn.train_vq(data=data, init=str(d / "init.pt"), model=str(d / "model.pt"),
                  curve=str(d / "curve.csv"), record=str(d / "run.json"), settings=settings(epochs=6),
@@ -112,12 +105,7 @@ def test_interrupted_training_resumes_to_the_same_result(tmp_path, data, monkeyp
 
 
 def test_nan_loss_fails_naming_the_step_and_keeps_last_good_state(tmp_path, data, monkeypatch):
-    real = syn.check_finite
-
-    def nan_at_step_23(loss, *, epoch, step, **kw):
-        real(loss * float("nan") if step == 23 else loss, epoch=epoch, step=step, **kw)
-
-    monkeypatch.setattr(syn, "check_finite", nan_at_step_23)
+    nan_at_step(syn, monkeypatch, 23)
     with pytest.raises(NonFiniteLossError, match="at epoch 2, step 23"):
         run_vq(tmp_path, data, "nan", epochs=6)
     d = tmp_path / "nan"
@@ -154,23 +142,23 @@ def test_state_from_before_an_upstream_change_is_not_resumed(tmp_path, data, mon
     assert len(list((d / "state").glob("stale-*.pt"))) == 1
 
 
-def test_nan_loss_keeps_the_state_before_it_and_a_rerun_resumes_there(tmp_path, data,
+def test_nan_loss_keeps_the_last_saved_state_and_a_rerun_resumes_there(tmp_path, data,
                                                                          monkeypatch):
-    """No periodic save yet (long interval): the NaN at step 23 still leaves the finite state
-    before it in last.pt, named in the message; without the NaN a rerun resumes there
-    (mid-epoch) and ends with the uninterrupted run's weights. A learned codebook: an EMA one
-    would already hold the failed step's batch (the forward pass updates it)."""
+    """The NaN at step 23 is found at the next sync point (the end of epoch 2, before its
+    save): last.pt keeps the state saved at the end of epoch 1 (step 20), named in the
+    message; without the NaN a rerun resumes there and ends with the uninterrupted run's
+    weights."""
     s = settings(epochs=6, ema_decay=None)
     ref = run_vq(tmp_path, data, "ref", epochs=6, ema_decay=None)
     d = tmp_path / "nan"
     syn.init_codebook(data=data, init=str(d / "init.pt"), embeddings=str(d / "emb.npz"),
                       record=str(d / "init.json"), settings=s, preset="test")
     nan_at_step(syn, monkeypatch, 23)
-    with pytest.raises(NonFiniteLossError) as err:
-        train_only(d, data, s, interval_s=3600)
+    with pytest.raises(NonFiniteLossError, match="at epoch 2, step 23") as err:
+        train_only(d, data, s, interval_s=0.0)
     assert str(d / "state" / "last.pt") in str(err.value)
     kept = load_torch(d / "state" / "last.pt")
-    assert (kept["epoch"], kept["batch"], kept["step"]) == (2, 3, 23)
+    assert (kept["epoch"], kept["batch"], kept["step"]) == (2, 0, 20)
     monkeypatch.undo()
     train_only(d, data, s, interval_s=3600)
     same_models(ref, d)
@@ -194,3 +182,20 @@ def test_ddp_two_processes_match_one(tmp_path, data, monkeypatch):
     a, b = load_torch(one / "model.pt")["model"], load_torch(d / "model.pt")["model"]
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+
+
+def test_training_reads_the_device_a_fixed_number_of_times(tmp_path, data, monkeypatch):
+    """Host reads (each a host-device sync on a GPU) of one epoch of 2 and of 8 steps: the
+    same count, so none is made per step."""
+    reads = {}
+    for steps, batch in ((2, 300), (8, 75)):
+        d = tmp_path / f"b{batch}"
+        s = settings(epochs=1, batch_size=batch)
+        syn.init_codebook(data=data, init=str(d / "init.pt"), embeddings=str(d / "emb.npz"),
+                          record=str(d / "init.json"), settings=s, preset="test")
+        with count_host_reads(monkeypatch) as counts:
+            train_only(d, data, s, interval_s=3600)
+        row = (d / "curve.csv").read_text().splitlines()[1].split(",")
+        assert row[:2] == ["1", str(steps)]  # epoch, step
+        reads[steps] = dict(counts)
+    assert reads[2] == reads[8]

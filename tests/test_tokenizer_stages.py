@@ -17,7 +17,8 @@ from vqshrink.io import load_json, load_torch
 from vqshrink.stages import tokenizer as tok
 from vqshrink.stages import tokenizer_report as rep
 
-from image_fixtures import (FID, data, fid_net, kill_at_step, nan_at_step,  # noqa: F401
+from image_fixtures import (FID, count_host_reads, data, fid_net, kill_at_step,  # noqa: F401
+                            nan_at_step,
                             one_thread)
 from repo_helpers import ROOT, copy_repo, fake_sources, planned_jobs, snakemake
 
@@ -297,6 +298,8 @@ def test_state_from_before_an_upstream_change_is_not_resumed(data, tmp_path, mon
 
 
 def test_nan_loss_keeps_the_state_before_it(data, tmp_path, monkeypatch):
+    """A state save after every step (interval 0): the check before the save after the NaN
+    step stops the run, and last.pt keeps the state saved before that step."""
     model = model_cfg("vq")
     d = init(data, tmp_path / "nan", model, "baseline")
     nan_at_step(tok, monkeypatch, 2)
@@ -304,8 +307,28 @@ def test_nan_loss_keeps_the_state_before_it(data, tmp_path, monkeypatch):
         tok.train_vq(data=data, init=str(d / "init.pt"), model=str(d / "model.pt"),
                      curve=str(d / "curve.csv"), record=str(d / "run.json"),
                      settings=vq_settings(model, checkpoint="final"), preset="test",
-                     state_dir=str(d / "state"), checkpoint_interval_s=3600)
+                     state_dir=str(d / "state"), checkpoint_interval_s=0)
     assert load_torch(d / "state" / "last.pt")["pos"] == {"epoch": 0, "batch": 2, "step": 2}
+
+
+def test_training_reads_the_device_a_fixed_number_of_times(data, tmp_path, monkeypatch):
+    """Host reads (each a host-device sync on a GPU) of one GAN epoch of 2 and of 8 steps
+    (200 train images; one validation batch either way): the same count, so none is made per
+    step (the discriminator's turn is decided on the host from the step)."""
+    model = model_cfg("vq")
+    reads = {}
+    for steps, batch in ((2, 100), (8, 25)):
+        d = init(data, tmp_path / f"b{batch}", model, "baseline")
+        s = vq_settings(model, gan=True, checkpoint="final", batch_size=batch, val_images=20)
+        with count_host_reads(monkeypatch) as counts:
+            tok.train_vq(data=data, init=str(d / "init.pt"), model=str(d / "model.pt"),
+                         curve=str(d / "curve.csv"), record=str(d / "run.json"), settings=s,
+                         preset="test", state_dir=str(d / "state"),
+                         checkpoint_interval_s=3600)
+        curve = pd.read_csv(d / "curve.csv")
+        assert curve["step"].tolist() == [steps] and curve["d_loss"].abs().gt(0).all()
+        reads[steps] = dict(counts)
+    assert reads[2] == reads[8]
 
 
 def test_batch_larger_than_the_split_names_the_key(data, tmp_path):

@@ -56,10 +56,13 @@ def check_finite(loss: torch.Tensor, *, epoch: int, step: int, what: str = "loss
                  state: ResumableState | None = None,
                  snapshot: Callable[[], dict] | None = None) -> None:
     """Stop on a NaN or infinite ``loss``; with ``state`` and ``snapshot`` (the training state
-    before this step) the last finite state is kept in ``state.path`` and the message says where."""
+    before this step) the last finite state is kept in ``state.path`` and the message says where;
+    with ``state`` alone the message names the state saved last (if any)."""
     if not torch.isfinite(loss).all():
-        kept = (state.keep_finite(snapshot) if state is not None and snapshot is not None
-                else "no training state is kept")
+        if state is None:
+            kept = "no training state is kept"
+        else:
+            kept = state.keep_finite(snapshot) if snapshot is not None else state.kept()
         raise NonFiniteLossError(
             f"{what} is {loss.item()} at epoch {epoch}, step {step}; training stopped; {kept}"
         )
@@ -163,17 +166,34 @@ class ResumableState:
     def save(self, build: Callable[[], dict]) -> None:
         if self.rank == 0:
             state = build()
+            if not all_finite(state):
+                raise NonFiniteLossError(f"the training state at {position(state)} holds "
+                                         f"non-finite values and was not saved; {self.kept()}")
             save_torch({**state, "fingerprint": self.fingerprint,
                         "settings_fingerprint": self.settings_fingerprint,
                         "inputs": self.inputs}, self.path)
             self.saved_at = position(state)
         self._last_save = time.monotonic()
 
-    def maybe_save(self, build: Callable[[], dict], *, force: bool = False) -> bool:
+    def maybe_save(self, build: Callable[[], dict], *, force: bool = False,
+                   before: Callable[[], None] | None = None) -> bool:
+        """Save when ``interval_s`` has passed (or ``force``); ``before`` runs first (the
+        training loop's :meth:`StepLog.check`, which stops on a non-finite loss)."""
         if force or time.monotonic() - self._last_save >= self.interval_s:
+            if before is not None:
+                before()
             self.save(build)
             return True
         return False
+
+    def kept(self) -> str:
+        """What a stopped run leaves: the state saved last, if any (it holds no step whose loss
+        was non-finite: :class:`StepLog` is checked before every save)."""
+        if self.path.exists():
+            when = f" ({self.saved_at})" if self.saved_at else ""
+            return (f"the last state saved{when} is kept in {self.path}; a rerun with the same "
+                    "settings resumes there, other settings start afresh")
+        return f"no training state was saved before it ({self.path} does not exist)"
 
     def keep_finite(self, build: Callable[[], dict]) -> str:
         """After a non-finite loss: save ``build()`` if all of it is finite; say what is kept."""
@@ -190,6 +210,72 @@ class ResumableState:
                     f"saved{when} is kept in {self.path}")
         return (f"the weights are no longer finite and no earlier state was saved "
                 f"({self.path} does not exist)")
+
+
+# Steps between host reads of a training loop's running numbers (the progress bar and the
+# non-finite-loss check); a read waits for the device, so it is not done every step.
+SYNC_EVERY = 100
+
+
+class StepLog:
+    """A training loop's per-step numbers, summed on the device without a host read.
+
+    ``add(loss, *values, epoch=, step=)`` adds ``values`` (scalar tensors or floats) to
+    float64 sums on ``device`` and remembers, on the device too, the first step whose ``loss``
+    was NaN or infinite. Host reads happen only at the loop's sync points: :meth:`check`
+    (every :data:`SYNC_EVERY` steps, at the end of an epoch and before every state save: a
+    saved state never holds a step with a non-finite loss) raises
+    :class:`NonFiniteLossError` naming that step's epoch and number and the state kept;
+    :meth:`means` and :meth:`saved` read the sums. float64 sums of the float32 values in step
+    order give the numbers the per-step ``.item()`` sums gave.
+    """
+
+    def __init__(self, names: tuple[str, ...], device: torch.device, *,
+                 state: ResumableState | None = None, saved: list[float] | None = None) -> None:
+        self.names, self.device, self.state = tuple(names), device, state
+        self.sums = torch.zeros(len(self.names), dtype=torch.float64, device=device)
+        self.count = 0
+        if saved is not None:  # the sums of a resumed epoch, then its step count
+            self.sums += torch.tensor(saved[:-1], dtype=torch.float64, device=device)
+            self.count = int(saved[-1])
+        self._where: list[tuple[int, int]] = []  # (epoch, step) of the steps since the check
+        self._bad = torch.full((), -1, dtype=torch.long, device=device)  # index into _where
+        self._bad_loss = torch.zeros((), dtype=torch.float64, device=device)
+
+    def _scalar(self, v: torch.Tensor | float) -> torch.Tensor:
+        if isinstance(v, torch.Tensor):
+            return v.detach().reshape(()).to(torch.float64)
+        return torch.full((), float(v), dtype=torch.float64, device=self.device)
+
+    def add(self, loss: torch.Tensor, *values: torch.Tensor | float, epoch: int,
+            step: int) -> None:
+        """One step: ``values`` (as many as ``names``) summed; ``loss`` watched."""
+        self.sums += torch.stack([self._scalar(v) for v in values])
+        self.count += 1
+        first = (self._bad < 0) & ~torch.isfinite(loss.detach()).all()
+        self._bad = torch.where(first, len(self._where), self._bad)
+        self._bad_loss = torch.where(first, self._scalar(loss), self._bad_loss)
+        self._where.append((epoch, step))
+
+    def check(self) -> None:
+        """A sync point: stop on the first non-finite loss since the last check."""
+        bad = int(self._bad)
+        if bad >= 0:
+            epoch, step = self._where[bad]
+            check_finite(self._bad_loss, epoch=epoch, step=step, state=self.state)
+        self._where.clear()
+
+    def means(self) -> torch.Tensor:
+        """The running means (on the device; no host read)."""
+        return self.sums / max(self.count, 1)
+
+    def saved(self) -> list[float]:
+        """The sums and the step count, for a training state (a host read)."""
+        return [*self.sums.tolist(), float(self.count)]
+
+    def reset(self) -> None:
+        self.sums.zero_()
+        self.count = 0
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:

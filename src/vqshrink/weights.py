@@ -313,16 +313,21 @@ def load_inception(cache_dir: str | Path | None = None, device: str | torch.devi
 
 @contextlib.contextmanager
 def torch_hub_dir(cache_dir: str | Path | None) -> Iterator[None]:
-    """Point ``torch.hub`` (so torchvision's weight loading) at ``<cache_dir>/hub`` meanwhile."""
+    """Point ``torch.hub`` (so torchvision's weight loading) at ``<cache_dir>/hub`` meanwhile.
+
+    Afterwards torch's own setting is back as it was: ``torch.hub._hub_dir`` (None until
+    someone calls ``set_dir``, and then ``get_dir`` follows ``$TORCH_HOME``) is restored
+    itself, since ``set_dir(get_dir())`` would pin today's directory for good.
+    """
     if cache_dir is None:
         yield
         return
-    old = torch.hub.get_dir()
+    old = torch.hub._hub_dir
     torch.hub.set_dir(str(checkpoint_dir(cache_dir).parent))
     try:
         yield
     finally:
-        torch.hub.set_dir(old)
+        torch.hub._hub_dir = old
 
 
 def load_lpips(

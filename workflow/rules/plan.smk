@@ -10,6 +10,7 @@ rule budget:
         unpack(get_step_times),
     output:
         table="results/plan/budget.csv",
+        summary="results/plan/budget_summary.csv",
     log:
         log_path("budget", "budget"),
     benchmark:

@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vqshrink.models.labels import check_labels
 from vqshrink.models.sampling import cfg_logits, sample_logits
 
 
@@ -258,13 +259,7 @@ class LlamaGen(nn.Module):
         return self.cfg.num_classes
 
     def _check_labels(self, labels: Tensor) -> None:
-        if labels.dim() != 1:
-            raise ValueError(f"labels must be (B,), got shape {tuple(labels.shape)}")
-        if bool(((labels < 0) | (labels >= self.cfg.num_classes)).any()):
-            raise ValueError(
-                f"labels must lie in [0, {self.cfg.num_classes}), got "
-                f"[{int(labels.min())}, {int(labels.max())}]"
-            )
+        check_labels(labels, self.cfg.num_classes)
 
     def _flat_tokens(self, tokens: Tensor) -> Tensor:
         flat = tokens.reshape(tokens.shape[0], -1)

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vqshrink.models.labels import check_labels
 from vqshrink.models.sampling import cfg_logits, gumbel, sample_logits
 
 SCHEDULES = ("cosine", "arccos")
@@ -176,10 +177,7 @@ class MaskGIT(nn.Module):
             nn.init.zeros_(m.bias)
 
     def _check_labels(self, labels: Tensor, allow_uncond: bool) -> None:
-        top = self.cfg.num_classes + (1 if allow_uncond else 0)
-        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= top):
-            raise ValueError(f"labels must be in [0, {top}), got range "
-                             f"[{int(labels.min())}, {int(labels.max())}]")
+        check_labels(labels, self.cfg.num_classes + (1 if allow_uncond else 0))
 
     def logits(self, tokens: Tensor, labels: Tensor) -> Tensor:
         """(B, L) token ids (mask id = vocab_size allowed), (B,) labels incl. the unconditional id

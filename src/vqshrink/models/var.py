@@ -52,6 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vqshrink.models.labels import check_labels
 from vqshrink.models.sampling import cfg_logits, sample_logits
 from vqshrink.quantizers.multiscale import VAR_PATCH_NUMS, MultiScaleQuantizer
 
@@ -270,10 +271,7 @@ class VAR(nn.Module):
         return self
 
     def _check_labels(self, labels: Tensor) -> None:
-        if labels.ndim != 1:
-            raise ValueError(f"labels must be (B,), got {tuple(labels.shape)}")
-        if labels.numel() and (labels.min() < 0 or labels.max() >= self.cfg.num_classes):
-            raise ValueError(f"labels must lie in [0, {self.cfg.num_classes})")
+        check_labels(labels, self.cfg.num_classes)
 
     # ---------------------------------------------------------------------------- forward
     def _logits(self, x_in: Tensor, class_ids: Tensor) -> Tensor:

@@ -21,7 +21,16 @@ GPU-hours (``est_gpu_hours``) need measured step times: a CSV in ``benchmarks/gp
 one row per measured configuration. A budget row takes the ``step_s`` of the row with its
 ``rule``, ``model``, ``resolution``, ``batch_per_gpu``, ``amp`` and ``compile``, and
 ``est_gpu_hours = max_steps x step_s x gpus / 3600`` (training steps only, evaluation
-excluded; DDP assumed to keep the per-GPU step time). Without a match it stays empty.
+excluded; DDP assumed to keep the per-GPU step time). Without a match it stays empty. Rows
+of other kinds (sampling, search: column ``kind``) and failed measurements (no ``step_s``)
+are not read.
+
+Beside each run, the paper's own budget (App. A.1: 2 A100-40GB, 1.5-3 days per tokenizer,
+3-6 days per generator; GPU-hours = 2 x 24 x days) where the paper gives one: the
+``tokenizers`` section's VQ runs (a deferred tokenizer's autoencoder phase counted within its
+days) and the ``generators`` section's runs. :func:`summary_rows` (``budget_summary.csv``)
+sums both per config section and for the whole DAG, with the goal: the DAG's estimated
+GPU-hours at most :data:`GOAL_FRACTION` of the paper's (its low end, 1.5 and 3 days).
 """
 
 from __future__ import annotations
@@ -40,8 +49,17 @@ BUDGET_COLUMNS = [
     "rule", "run", "dataset", "train_images", "split_source", "batch_size", "steps_per_epoch",
     "max_epochs", "max_steps", "warmup_steps", "disc_start_step", "kmeans_embeddings",
     "evaluations", "gpus", "runtime_min", "model", "resolution", "batch_per_gpu", "amp",
-    "compile", "step_s", "step_times", "est_gpu_hours",
+    "compile", "step_s", "step_times", "est_gpu_hours", "section", "paper_gpu_hours_low",
+    "paper_gpu_hours_high",
 ]
+# The paper's budget (App. A.1): 2 A100-40GB per run, days per run by config section and rule.
+PAPER_GPUS = 2
+PAPER_DAYS = {("tokenizers", "tokenizer_train_vq"): (1.5, 3.0),
+              ("generators", "generator_train"): (3.0, 6.0)}
+GOAL_FRACTION = 0.25  # the whole DAG in at most a quarter of the paper's GPU-hours
+SUMMARY_COLUMNS = ["scope", "runs", "gpu_runs", "measured_runs", "est_gpu_hours",
+                   "paper_gpu_hours_low", "paper_gpu_hours_high", "goal_gpu_hours",
+                   "meets_goal", "note"]
 # Columns of benchmarks/gpu/<device>.csv (one row per measured configuration):
 #   rule          the budget's rule (tokenizer_pretrain_ae, tokenizer_train_vq, generator_train)
 #   model         the budget's model key (e.g. maskgit/vq+gan, var/multiscale, var/ae, maskgit)
@@ -336,9 +354,17 @@ def budget_rows(runs: list[Run], sizes: dict[str, dict], sources: dict[str, str]
             "evaluations": len(s["eval_steps"]), "gpus": run.gpus,
             "runtime_min": run.runtime_min, "model": run.model, "resolution": run.resolution,
             "batch_per_gpu": run.batch_size // max(run.gpus, 1), "amp": run.amp,
-            "compile": run.compile,
+            "compile": run.compile, **paper_budget(run),
         })
     return rows
+
+
+def paper_budget(run: Run) -> dict:
+    """The run's config section and the paper's GPU-hours for it (empty where none is given)."""
+    section = run.keys["batch_size"].split(".")[0]
+    days = PAPER_DAYS.get((section, run.rule_name))
+    low, high = (None, None) if days is None else (PAPER_GPUS * 24 * d for d in days)
+    return {"section": section, "paper_gpu_hours_low": low, "paper_gpu_hours_high": high}
 
 
 def _key(row: dict) -> tuple:
@@ -355,7 +381,8 @@ def read_step_times(path: str | Path) -> dict[tuple, float]:
         if missing:
             raise PlanError(f"{path}: step-time CSV lacks column(s) {', '.join(missing)}; "
                             f"expected {', '.join(STEP_TIME_COLUMNS)}")
-        return {_key(r): float(r["step_s"]) for r in reader}
+        return {_key(r): float(r["step_s"]) for r in reader
+                if r["step_s"] and r.get("kind", "train") in ("", "train")}
 
 
 def with_step_times(rows: list[dict], step_times: str | Path | None) -> list[dict]:
@@ -372,19 +399,52 @@ def with_step_times(rows: list[dict], step_times: str | Path | None) -> list[dic
 
 def write_budget(rows: list[dict], path: str | Path, step_times: str | Path | None) -> list[dict]:
     """Write the budget CSV (columns :data:`BUDGET_COLUMNS`) atomically; returns its rows."""
-    from vqshrink.io import atomic_path  # imports torch: at job time only, never at parse time
-
     full = with_step_times(rows, step_times)
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=BUDGET_COLUMNS)
-        writer.writeheader()
-        for row in full:
-            writer.writerow({k: "" if row.get(k) is None else row[k] for k in BUDGET_COLUMNS})
+    _write_csv(full, path, BUDGET_COLUMNS)
     return full
 
 
-def total_gpu_hours(rows: list[dict]) -> float | None:
-    hours = [r["est_gpu_hours"] for r in rows if r["gpus"]]
-    if not hours or any(h is None for h in hours):
-        return None
-    return math.fsum(hours)
+def _write_csv(rows: list[dict], path: str | Path, columns: list[str]) -> None:
+    """``rows`` as a CSV of ``columns`` (None: empty), written atomically."""
+    from vqshrink.io import atomic_path  # imports torch: at job time only, never at parse time
+
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: "" if row.get(k) is None else row[k] for k in columns})
+
+
+def summary_rows(rows: list[dict]) -> list[dict]:
+    """Per config section and for the whole DAG: runs, estimated GPU-hours (empty unless every
+    GPU run of the scope has one), the paper's GPU-hours (low, high) and the goal."""
+    scopes = {f"section {s}": [r for r in rows if r["section"] == s]
+              for s in dict.fromkeys(r["section"] for r in rows)}
+    scopes["whole DAG"] = rows
+    out = []
+    for scope, members in scopes.items():
+        gpu = [r for r in members if r["gpus"]]
+        measured = [r for r in gpu if r["est_gpu_hours"] is not None]
+        est = math.fsum(r["est_gpu_hours"] for r in gpu) if gpu and len(measured) == len(gpu) \
+            else None
+        low = [r["paper_gpu_hours_low"] for r in members if r["paper_gpu_hours_low"] is not None]
+        high = [r["paper_gpu_hours_high"] for r in members if r["paper_gpu_hours_high"] is not None]
+        paper_low = math.fsum(low) if low else None
+        goal = GOAL_FRACTION * paper_low if paper_low else None
+        out.append({
+            "scope": scope, "runs": len(members), "gpu_runs": len(gpu),
+            "measured_runs": len(measured), "est_gpu_hours": None if est is None else round(est, 3),
+            "paper_gpu_hours_low": paper_low, "paper_gpu_hours_high": math.fsum(high) if high else None,
+            "goal_gpu_hours": goal,
+            "meets_goal": None if est is None or goal is None else est <= goal,
+            "note": "no GPU runs" if not gpu else "" if est is not None else
+            f"{len(gpu) - len(measured)} GPU run(s) without a measured step time",
+        })
+    return out
+
+
+def write_summary(rows: list[dict], path: str | Path) -> list[dict]:
+    """Write :func:`summary_rows` of the budget's rows (columns :data:`SUMMARY_COLUMNS`)."""
+    out = summary_rows(rows)
+    _write_csv(out, path, SUMMARY_COLUMNS)
+    return out

@@ -48,9 +48,10 @@ from vqshrink.stages.tokenizer import (
     to_uint8,
 )
 from vqshrink.training import (
+    SYNC_EVERY,
     ResumableState,
+    StepLog,
     broadcast_from_main,
-    check_finite,
     early_stopping_update,
     epoch_order,
     pick_device,
@@ -130,11 +131,16 @@ def load_generator(path: str, tokenizer: str, device: torch.device | str = "cpu"
 class TokenSet:
     """One split of a tokenizer's token maps with the dataset's labels, in memory."""
 
-    def __init__(self, tokens: str, labels: str, limit: int | None = None) -> None:
+    def __init__(self, tokens: str, labels: str, limit: int | None = None,
+                 num_classes: int | None = None) -> None:
         t = np.load(tokens, mmap_mode="r")
         y = np.load(labels)
         if len(t) != len(y):
             raise ValueError(f"{tokens}: {len(t)} token maps but {labels} has {len(y)} labels")
+        # checked here once: the models check labels on an accelerator without a host read
+        if num_classes is not None and len(y) and (y.min() < 0 or y.max() >= num_classes):
+            raise ValueError(f"{labels}: labels lie in [{y.min()}, {y.max()}], outside the "
+                             f"dataset's {num_classes} classes [0, {num_classes})")
         n = len(t) if limit is None else min(limit, len(t))
         self.tokens = torch.from_numpy(np.asarray(t[:n]).astype(np.int64))
         self.labels = torch.from_numpy(y[:n].astype(np.int64))
@@ -212,8 +218,9 @@ def train(*, tokens_train: str, tokens_val: str, meta: str, tokenizer: str, mode
     net.to(device)
     # training.train_images: a budget cap on the train token maps used (null: all; smoke)
     train_set = TokenSet(tokens_train, tok_meta["labels"]["train"],
-                         limit=tr.get("train_images"))
-    val_set = TokenSet(tokens_val, tok_meta["labels"]["val"], limit=tr["val_images"])
+                         limit=tr.get("train_images"), num_classes=num_classes)
+    val_set = TokenSet(tokens_val, tok_meta["labels"]["val"], limit=tr["val_images"],
+                       num_classes=num_classes)
     amp = tr["amp"] == "bf16" and device.type == "cuda"
     if tr["compile"] and device.type == "cuda":
         net.compile()
@@ -240,7 +247,7 @@ def train(*, tokens_train: str, tokens_val: str, meta: str, tokenizer: str, mode
     state = ResumableState(state_dir, {**settings, "world": info.world_size}, inputs=inputs,
                            interval_s=checkpoint_interval_s, rank=info.rank)
     pos = {"epoch": 0, "batch": 0, "step": 0}
-    sums = np.zeros(3)  # loss, acc, batches of the running epoch
+    sums = None  # the running epoch's sums and batches (StepLog.saved)
     book = {"curve": [], "best": None, "best_val": math.inf, "bad_evals": 0,
             "stopped_early": False, "done": False}
     if (saved := state.restore()) is not None:
@@ -248,11 +255,12 @@ def train(*, tokens_train: str, tokens_val: str, meta: str, tokenizer: str, mode
         opt.load_state_dict(saved["optimizer"])
         if plateau is not None:
             plateau.load_state_dict(saved["plateau"])
-        pos, sums, book = dict(saved["pos"]), np.asarray(saved["sums"]), dict(saved["book"])
+        pos, sums, book = dict(saved["pos"]), list(saved["sums"]), dict(saved["book"])
+    steps = StepLog(("loss", "acc"), device, state=state, saved=sums)
 
     def snapshot() -> dict:
         snap = {"model": net.state_dict(), "optimizer": opt.state_dict(), "pos": dict(pos),
-                "sums": sums.tolist(), "book": book}
+                "sums": steps.saved(), "book": book}
         if plateau is not None:
             snap["plateau"] = plateau.state_dict()
         return snap
@@ -277,23 +285,24 @@ def train(*, tokens_train: str, tokens_val: str, meta: str, tokenizer: str, mode
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 out = ddp(tokens, labels)
             loss = out["loss"].float()
-            check_finite(loss, epoch=epoch, step=step, state=state, snapshot=snapshot)
             opt.zero_grad(set_to_none=True)
             (loss * (len(local) * info.world_size / len(rows))).backward()
             if opt_cfg["grad_clip"]:
                 torch.nn.utils.clip_grad_norm_(net.parameters(), opt_cfg["grad_clip"])
             opt.step()
-            sums += np.array([loss.item(), out["acc"].float().item(), 1.0])
+            steps.add(loss, loss, out["acc"].float(), epoch=epoch, step=step)
             pos["batch"] += 1
             pos["step"] += 1
             bar.update(1)
-            if pos["step"] % 20 == 0:
-                bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+            if pos["step"] % SYNC_EVERY == 0:
+                steps.check()
+                bar.set_postfix(loss=f"{steps.means()[0].item():.4f}", refresh=False)
             if pos["batch"] < steps_per_epoch:
-                state.maybe_save(snapshot)
+                state.maybe_save(snapshot, before=steps.check)
 
         # ---- end of epoch: curve row, validation, plateau, early stopping, best weights
-        means = distributed.all_mean(torch.tensor(sums[:2] / max(sums[2], 1)))
+        steps.check()
+        means = distributed.all_mean(steps.means())
         row = {"epoch": epoch + 1, "step": pos["step"], "loss": means[0].item(),
                "acc": means[1].item(), "lr": opt.param_groups[0]["lr"]}
         last_epoch = epoch + 1 == epochs
@@ -319,7 +328,7 @@ def train(*, tokens_train: str, tokens_val: str, meta: str, tokenizer: str, mode
         log.info("%s epoch %d: %s", what, epoch + 1,
                  {k: round(v, 5) for k, v in row.items() if isinstance(v, float)})
         pos.update(epoch=epoch + 1, batch=0)
-        sums[:] = 0
+        steps.reset()
         book["done"] = book["done"] or pos["epoch"] >= epochs
         state.maybe_save(snapshot, force=book["done"])
     bar.close()

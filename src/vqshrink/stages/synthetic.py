@@ -31,8 +31,9 @@ from vqshrink.metrics import codebook as cbm
 from vqshrink.models.mlp_vqvae import MLPVQVAE, MLPVQVAEConfig
 from vqshrink.stages import stage
 from vqshrink.training import (
+    SYNC_EVERY,
     ResumableState,
-    check_finite,
+    StepLog,
     epoch_batches,
     pick_device,
     progress,
@@ -101,19 +102,22 @@ def _fit(
     gen = torch.Generator().manual_seed(settings["seed"])
     curve: list[dict] = []
     pos = {"epoch": 0, "batch": 0, "step": 0}  # epochs done, batches of the next done, steps
-    sums = torch.zeros(4, dtype=torch.float64)  # loss, mse, vq loss, perplexity of the epoch
+    sums = None  # loss, mse, vq loss, perplexity of the running epoch (StepLog.saved)
     if (saved := state.restore()) is not None:
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
         gen.set_state(saved["generator"])
         pos = {k: saved.get(k, 0) for k in pos}
-        sums += torch.tensor(saved.get("sums", [0.0] * 4), dtype=torch.float64)
+        sums = saved.get("sums")
         curve = list(saved["curve"])
+    if sums is not None and len(sums) == 4:  # states from before the step count was kept
+        sums = [*sums, float(pos["batch"])]
+    steps = StepLog(("loss", "mse", "vq_loss", "perplexity"), device, state=state, saved=sums)
     epoch_rng = gen.get_state()  # the generator before the running epoch's order was drawn
 
     def snapshot() -> dict:
         return {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                "generator": epoch_rng, **pos, "sums": sums.tolist(), "curve": curve}
+                "generator": epoch_rng, **pos, "sums": steps.saved(), "curve": curve}
 
     model.train()
     t0 = time.perf_counter()
@@ -129,15 +133,16 @@ def _fit(
             out = net(xb, quantize=quantize)
             mse = F.mse_loss(out.x_hat, xb)
             loss = mse + out.vq_loss
-            check_finite(loss, epoch=epoch, step=step, state=state, snapshot=snapshot)
             weight = len(local) * info.world_size / len(batch)
             opt.zero_grad(set_to_none=True)
             (loss * weight).backward()
             opt.step()
             pos.update(batch=pos["batch"] + 1, step=step + 1)
-            sums += torch.tensor([loss.item(), mse.item(), out.vq_loss.item(),
-                                  out.perplexity.item()], dtype=torch.float64)
-        means = distributed.all_mean(sums / len(batches))
+            steps.add(loss, loss, mse, out.vq_loss, out.perplexity, epoch=epoch, step=step)
+            if pos["step"] % SYNC_EVERY == 0:
+                steps.check()
+        steps.check()
+        means = distributed.all_mean(steps.sums / len(batches))
         row = {"epoch": epoch + 1, "step": pos["step"], "loss": means[0].item(),
                "mse": means[1].item(), "vq_loss": means[2].item(),
                "perplexity": means[3].item(), "lr": opt.param_groups[0]["lr"],
@@ -145,7 +150,7 @@ def _fit(
         curve.append(row)
         bar.set_postfix(loss=f"{row['loss']:.4f}", ppl=f"{row['perplexity']:.1f}", refresh=False)
         pos.update(epoch=epoch + 1, batch=0)
-        sums.zero_()
+        steps.reset()
         epoch_rng = gen.get_state()
         state.maybe_save(snapshot, force=epoch + 1 == epochs)
     return curve

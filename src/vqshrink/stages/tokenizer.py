@@ -51,15 +51,17 @@ from vqshrink.kmeans import kmeans
 from vqshrink.metrics import codebook as cbm
 from vqshrink.metrics import fid as fidm
 from vqshrink.models.cifar_vqvae import CifarVQVAE, CifarVQVAEConfig
+from vqshrink.models.discriminator import gan_factor
 from vqshrink.models.losses import TokenizerLoss
 from vqshrink.models.vqgan import Tokenizer, VQGANConfig
 from vqshrink.plan.schedule import epochs_to_steps
 from vqshrink.quantizers.simvq import ProjectedCodebook
 from vqshrink.stages import stage
 from vqshrink.training import (
+    SYNC_EVERY,
     ResumableState,
+    StepLog,
     broadcast_from_main,
-    check_finite,
     cosine_lr,
     early_stopping_update,
     epoch_order,
@@ -359,7 +361,7 @@ def _fit(model: nn.Module, train: PreparedImages, val: PreparedImages, *, quanti
     state = ResumableState(state_dir, {**settings, "what": what, "world": info.world_size},
                            inputs=inputs, interval_s=checkpoint_interval_s, rank=info.rank)
     pos = {"epoch": 0, "batch": 0, "step": 0}
-    sums = np.zeros(8)  # loss, mse, lpips, vq, perplexity, g_loss, d_loss, batches
+    sums = None  # the running epoch's sums and batches (StepLog.saved)
     book = {"curve": [], "best": None, "best_val_rec": math.inf, "bad_evals": 0,
             "stopped_early": False, "done": False}
     if (saved := state.restore()) is not None:
@@ -370,11 +372,13 @@ def _fit(model: nn.Module, train: PreparedImages, val: PreparedImages, *, quanti
             d_opt.load_state_dict(saved["d_optimizer"])
         if plateau is not None:
             plateau.load_state_dict(saved["plateau"])
-        pos, sums, book = dict(saved["pos"]), np.asarray(saved["sums"]), dict(saved["book"])
+        pos, sums, book = dict(saved["pos"]), list(saved["sums"]), dict(saved["book"])
+    steps = StepLog(("loss", "mse", "lpips", "vq_loss", "perplexity", "g_loss", "d_loss"),
+                    device, state=state, saved=sums)
 
     def snapshot() -> dict:
         snap = {"model": model.state_dict(), "optimizer": opt.state_dict(), "pos": dict(pos),
-                "sums": sums.tolist(), "book": book}
+                "sums": steps.saved(), "book": book}
         if d_opt is not None:
             snap.update(discriminator=disc.state_dict(), d_optimizer=d_opt.state_dict())
         if plateau is not None:
@@ -402,7 +406,6 @@ def _fit(model: nn.Module, train: PreparedImages, val: PreparedImages, *, quanti
                 parts = loss_fn(x, out.x_hat, out.vq_loss, step=step,
                                 last_layer=model.last_layer)
             loss = parts["loss"]
-            check_finite(loss, epoch=epoch, step=step, state=state, snapshot=snapshot)
             weight = len(local) * info.world_size / len(rows)
             opt.zero_grad(set_to_none=True)
             (loss * weight).backward()
@@ -410,7 +413,8 @@ def _fit(model: nn.Module, train: PreparedImages, val: PreparedImages, *, quanti
                 torch.nn.utils.clip_grad_norm_(params, tr["grad_clip"])
             opt.step()
             d_loss = 0.0
-            if gan and parts["gan_factor"].item() > 0:
+            # decided on the host from the step (TokenizerLoss.gan_factor is this number)
+            if gan and gan_factor(step, loss_fn.disc_start, loss_fn.disc_factor) > 0:
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                     d = loss_fn.discriminator_loss(x, out.x_hat, step=step)
                 d_opt.zero_grad(set_to_none=True)
@@ -421,21 +425,22 @@ def _fit(model: nn.Module, train: PreparedImages, val: PreparedImages, *, quanti
                             dist.all_reduce(p.grad)
                             p.grad /= info.world_size
                 d_opt.step()
-                d_loss = d["loss"].item()
-            sums += np.array([loss.item(), parts["mse"].item(), parts["lpips"].item(),
-                              parts["vq"].item(), out.perplexity.item(),
-                              parts.get("g_loss", torch.zeros(())).item(), d_loss, 1.0])
+                d_loss = d["loss"]
+            steps.add(loss, loss, parts["mse"], parts["lpips"], parts["vq"], out.perplexity,
+                      parts.get("g_loss", 0.0), d_loss, epoch=epoch, step=step)
             pos["batch"] += 1
             pos["step"] += 1
             bar.update(1)
-            if pos["step"] % 20 == 0:
-                bar.set_postfix(loss=f"{loss.item():.4f}", ppl=f"{out.perplexity.item():.1f}",
-                                refresh=False)
+            if pos["step"] % SYNC_EVERY == 0:
+                steps.check()
+                m = steps.means().tolist()
+                bar.set_postfix(loss=f"{m[0]:.4f}", ppl=f"{m[4]:.1f}", refresh=False)
             if pos["batch"] < steps_per_epoch:
-                state.maybe_save(snapshot)
+                state.maybe_save(snapshot, before=steps.check)
 
         # ---- end of epoch: curve row, validation, scheduler, early stopping, best weights
-        means = distributed.all_mean(torch.tensor(sums[:7] / max(sums[7], 1)))
+        steps.check()
+        means = distributed.all_mean(steps.means())
         row = {"epoch": epoch + 1, "step": pos["step"], "loss": means[0].item(),
                "mse": means[1].item(), "lpips": means[2].item(), "vq_loss": means[3].item(),
                "perplexity": means[4].item(), "g_loss": means[5].item(),
@@ -466,7 +471,7 @@ def _fit(model: nn.Module, train: PreparedImages, val: PreparedImages, *, quanti
         row["seconds"] = time.perf_counter() - t0
         book["curve"].append(row)
         pos.update(epoch=epoch + 1, batch=0)
-        sums[:] = 0
+        steps.reset()
         if pos["epoch"] >= epochs:
             book["done"] = True
         state.maybe_save(snapshot, force=book["done"])
