@@ -119,6 +119,9 @@ def test_prepared_metadata_of_other_sources_is_not_used(tmp_path):
              "annotation": "/data/odir/full_df.csv"}
     sizes, source = pb.split_sizes("odir", paper, known, data_root=tmp_path)
     assert sizes["train"] == 4475 and source.startswith("config plan.known_sizes.odir")
+    unset = {**paper, "image_dir": None, "annotation": None}   # the paper preset's default
+    sizes, source = pb.split_sizes("odir", unset, known, data_root=tmp_path)
+    assert sizes["train"] == 4475 and source.startswith("config plan.known_sizes.odir")
     smoke = {**paper, "image_dir": str(tmp_path / "smoke" / "images"),
              "annotation": str(tmp_path / "smoke" / "full_df.csv")}
     sizes, source = pb.split_sizes("odir", smoke, known, data_root=tmp_path)

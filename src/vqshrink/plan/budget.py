@@ -210,11 +210,13 @@ SOURCE_KEYS = {"imagenet100": ("root",), "odir": ("image_dir", "annotation"),
 
 
 def _same_sources(dataset: str, data_cfg: dict, recorded: dict) -> bool:
-    """Whether a prepared dataset came from the configured sources (paths compared resolved)."""
+    """Whether a prepared dataset came from the configured sources (paths compared resolved;
+    a null configured path matches no recorded one)."""
     for key in SOURCE_KEYS.get(dataset, ()):
-        if data_cfg.get(key) is None or key not in recorded:
+        if key not in recorded:
             continue
-        if Path(data_cfg[key]).resolve() != Path(recorded[key]).resolve():
+        if data_cfg.get(key) is None or \
+                Path(data_cfg[key]).resolve() != Path(recorded[key]).resolve():
             return False
     return True
 
