@@ -3,8 +3,14 @@ per stage kind (rule) the jobs, total and slowest wall time and peak RSS; then t
 jobs. Used for benchmarks/README.md, "Smoke build".
 
     python benchmarks/smoke_summary.py [results/benchmarks] [--slowest 10] [--since ISO-TIME]
+                                       [--only LIST]
 
 ``--since`` keeps the files written after a time (the build's start; older ones are stale).
+``--only`` keeps the jobs whose benchmark paths a file lists, one per line: a subset of the
+build, e.g. the CI smoke targets' jobs, listed by a forced dry run:
+
+    snakemake -n --forceall --nolock <targets> --config preset=smoke | grep benchmark: \
+        | awk '{print $2}' > subset.txt
 """
 
 from __future__ import annotations
@@ -16,10 +22,12 @@ from pathlib import Path
 import pandas as pd
 
 
-def read_benchmarks(root: Path, since: float = 0.0) -> pd.DataFrame:
+def read_benchmarks(root: Path, since: float = 0.0,
+                    only: set[tuple[str, str]] | None = None) -> pd.DataFrame:
     rows = []
     for path in sorted(root.glob("*/*.tsv")):
-        if path.stat().st_mtime < since:
+        if path.stat().st_mtime < since or (only is not None
+                                             and (path.parent.name, path.name) not in only):
             continue
         frame = pd.read_csv(path, sep="\t")
         last = frame.iloc[-1]   # one line per repeat; Snakemake runs one
@@ -35,9 +43,15 @@ def main() -> None:
     ap.add_argument("root", nargs="?", default="results/benchmarks", type=Path)
     ap.add_argument("--slowest", type=int, default=10)
     ap.add_argument("--since", default=None, help="ISO time, e.g. 2026-12-01T01:56:00+00:00")
+    ap.add_argument("--only", type=Path, default=None,
+                    help="a file listing the benchmark paths to keep, one per line")
     args = ap.parse_args()
     since = datetime.fromisoformat(args.since).timestamp() if args.since else 0.0
-    jobs = read_benchmarks(args.root, since)
+    only = None
+    if args.only is not None:   # (rule, file name): the list's paths may be relative
+        only = {(Path(line).parent.name, Path(line).name)
+                for line in args.only.read_text().split() if line}
+    jobs = read_benchmarks(args.root, since, only)
     kinds = jobs.groupby("rule").agg(jobs=("job", "size"), total_s=("s", "sum"),
                                      max_s=("s", "max"), peak_rss_mb=("max_rss_mb", "max"))
     kinds = kinds.sort_values("total_s", ascending=False)
