@@ -50,7 +50,7 @@ def main() -> None:
     only = None
     if args.only is not None:   # (rule, file name): the list's paths may be relative
         only = {(Path(line).parent.name, Path(line).name)
-                for line in args.only.read_text().split() if line}
+                for line in args.only.read_text().split()}
     jobs = read_benchmarks(args.root, since, only)
     kinds = jobs.groupby("rule").agg(jobs=("job", "size"), total_s=("s", "sum"),
                                      max_s=("s", "max"), peak_rss_mb=("max_rss_mb", "max"))
