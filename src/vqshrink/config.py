@@ -123,7 +123,7 @@ def check_consistency(config: Mapping) -> None:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
 
 
-# ---------------------------------------------------------------- image tokenizers (issue 3)
+# ---------------------------------------------------------------- image tokenizers
 def _tokenizer_problems(config: Mapping) -> list[str]:
     """Cross-key rules of the datasets / tokenizers / vqvae_sweep sections."""
     tok, sweep, data = (config.get(k) or {} for k in ("tokenizers", "vqvae_sweep", "datasets"))
@@ -166,7 +166,7 @@ def _tokenizer_problems(config: Mapping) -> list[str]:
     return list(dict.fromkeys(problems))
 
 
-# ---------------------------------------------------------------- generators (issue 4)
+# ---------------------------------------------------------------- generators
 GENERATOR_QUANTIZERS = {  # which tokenizers a generator reads: VAR needs the multi-scale one
     "maskgit": ("vq", "simvq"),
     "var": ("multiscale", "multiscale_simvq"),

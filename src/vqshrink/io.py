@@ -20,13 +20,13 @@ import re
 import secrets
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from vqshrink.integrity import ChecksumError, verify_archive
 
@@ -142,6 +142,8 @@ def save_torch(obj: Any, path: str | Path) -> None:
 
     Written through a Python file object, so that an out-of-space error reaches
     :func:`atomic_path` as itself (a path makes torch report it as "unexpected pos")."""
+    import torch  # torch is loaded where checkpoints are, never by the workflow's planning
+
     crc = torch.serialization.get_crc32_options()
     torch.serialization.set_crc32_options(True)
     try:
@@ -175,12 +177,19 @@ def load_torch(path: str | Path, map_location: str | torch.device = "cpu") -> An
     except ChecksumError as err:
         raise CheckpointError(f"cannot read checkpoint {path}: checksum verification failed, "
                               f"{str(err).removeprefix(f'{path}: ')}. {advice}") from err
+    import torch
+
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises several types for truncated or foreign files
         raise CheckpointError(
             f"cannot read checkpoint {path}: {type(err).__name__}: {_reason(err)}. {advice}"
         ) from err
+
+
+def _is_tensor(value: Any) -> bool:
+    torch = sys.modules.get("torch")  # no tensor exists before torch is loaded
+    return torch is not None and isinstance(value, torch.Tensor)
 
 
 def _jsonable(value: Any) -> Any:
@@ -190,7 +199,7 @@ def _jsonable(value: Any) -> Any:
         return [_jsonable(v) for v in value]
     if isinstance(value, (np.generic,)):
         return value.item()
-    if isinstance(value, torch.Tensor):
+    if _is_tensor(value):
         return value.tolist()
     if isinstance(value, Path):
         return str(value)
@@ -213,7 +222,7 @@ def save_npz(path: str | Path, **arrays: Any) -> None:
 
 
 def _to_numpy(value: Any) -> Any:
-    return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value
+    return value.detach().cpu().numpy() if _is_tensor(value) else value
 
 
 def git_revision() -> str | None:
@@ -232,6 +241,8 @@ def git_revision() -> str | None:
 
 def run_record(preset: str, settings: Mapping, **extra: Any) -> dict:
     """What a stage records beside its outputs: the preset and the settings it ran with."""
+    import torch
+
     return {
         "preset": preset,
         "settings": dict(settings),

@@ -40,8 +40,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from vqshrink.errors import PlainError
 from vqshrink.io import atomic_path
 
@@ -114,6 +112,8 @@ def checkpoint_dir(cache_dir: str | Path | None = None) -> Path:
     """
     if cache_dir is not None:
         return Path(cache_dir).expanduser().resolve() / "hub" / "checkpoints"
+    import torch  # here only: the workflow checks weight files without loading torch
+
     return Path(torch.hub.get_dir()).expanduser().resolve() / "checkpoints"
 
 
@@ -248,6 +248,8 @@ NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, ConnectionEr
 
 def _download(url: str, dst: Path) -> None:
     """Fetch ``url`` into ``dst`` (a temporary file the caller moves into place)."""
+    import torch
+
     torch.hub.download_url_to_file(url, str(dst), progress=True)
 
 
@@ -322,6 +324,8 @@ def torch_hub_dir(cache_dir: str | Path | None) -> Iterator[None]:
     if cache_dir is None:
         yield
         return
+    import torch
+
     old = torch.hub._hub_dir
     torch.hub.set_dir(str(checkpoint_dir(cache_dir).parent))
     try:

@@ -1,7 +1,7 @@
-# Image datasets (issue 3): each one decoded, resized and split ONCE, from the source paths
+# Image datasets: each one decoded, resized and split ONCE, from the source paths
 # under `datasets:` in config.yaml, into uint8 arrays with labels and recorded split lists
 # (vqshrink.data.prepared) that training reads memory-mapped. A dataset whose source path
-# is null stops the run before any job (get_dataset_sources, common.smk).
+# is null stops the run before any job (plan.get_dataset_sources, common.smk).
 
 
 wildcard_constraints:
@@ -10,7 +10,7 @@ wildcard_constraints:
 
 rule prepare_dataset:
     input:
-        unpack(get_dataset_sources),
+        unpack(plan.get_dataset_sources),
     output:
         data=directory("results/data/{dataset}"),
     log:
@@ -21,10 +21,10 @@ rule prepare_dataset:
         ENV
     threads: DATASETS["resources"]["cpus_per_task"]
     resources:
-        **stage_resources("datasets"),
+        **plan.stage_resources("datasets"),
     params:
         **stage_params("tokenizer.prepare_data"),
-        settings=data_settings,
+        settings=plan.data_settings,
         preset=PRESET,
     script:
         STAGE_SCRIPT

@@ -1,11 +1,10 @@
 # Token-based generators (MaskGIT, VAR, LlamaGen): training, sampling, generation metrics,
-# Tables 4, 6, 7, 8, 11, 12, Fig. 5 and the training-curve plots.
+# Tables 4, 6, 7, 8, 11, 12 and Fig. 5.
 
 
 wildcard_constraints:
-    generator="|".join(GENERATORS),
+    generator="|".join(plan.generators),
     gen_table="|".join(GEN["tables"]),
-    group="|".join(CURVE_METRICS),
 
 
 rule generator_train:
@@ -26,14 +25,14 @@ rule generator_train:
         bench_path("generator_train", "{dataset}_{generator}_{variant}_{schedule}")
     conda:
         ENV
-    threads: gen_resources("train")["cpus_per_task"]
+    threads: plan.gen_resources("train")["cpus_per_task"]
     resources:
-        **gen_resources("train"),
+        **plan.gen_resources("train"),
     params:
         **stage_params("generator.train"),
-        settings=gen_train_settings,
+        settings=plan.gen_train_settings,
         preset=PRESET,
-        state_dir=gen_state,
+        state_dir=plan.gen_state,
     script:
         STAGE_SCRIPT
 
@@ -57,12 +56,12 @@ rule generator_sample:
         bench_path("generator_sample", "{dataset}_{generator}_{variant}_{schedule}")
     conda:
         ENV
-    threads: gen_resources("sample")["cpus_per_task"]
+    threads: plan.gen_resources("sample")["cpus_per_task"]
     resources:
-        **gen_resources("sample"),
+        **plan.gen_resources("sample"),
     params:
         **stage_params("generator.sample"),
-        settings=gen_sample_settings,
+        settings=plan.gen_sample_settings,
         preset=PRESET,
     script:
         STAGE_SCRIPT
@@ -71,7 +70,7 @@ rule generator_sample:
 rule generator_eval:
     """g-FID against the test split, pixel distance and LPIPS diversity of the samples."""
     input:
-        unpack(get_gen_eval_inputs),
+        unpack(plan.get_gen_eval_inputs),
         images=rules.generator_sample.output.images,
         labels=rules.generator_sample.output.labels,
     output:
@@ -82,12 +81,12 @@ rule generator_eval:
         bench_path("generator_eval", "{dataset}_{generator}_{variant}_{schedule}")
     conda:
         ENV
-    threads: gen_resources("eval")["cpus_per_task"]
+    threads: plan.gen_resources("eval")["cpus_per_task"]
     resources:
-        **gen_resources("eval"),
+        **plan.gen_resources("eval"),
     params:
         **stage_params("generator.evaluate"),
-        settings=gen_eval_settings,
+        settings=plan.gen_eval_settings,
         preset=PRESET,
         weights=True,
     script:
@@ -98,7 +97,7 @@ rule generator_eval:
 rule generator_table:
     """Tables 4, 6, 7, 8, 11, 12: the run's values beside the paper's."""
     input:
-        unpack(get_gen_table_inputs),
+        unpack(plan.get_gen_table_inputs),
         paper="workflow/resources/paper_tables.csv",
     output:
         table=report(
@@ -115,7 +114,7 @@ rule generator_table:
         ENV
     params:
         **stage_params("generator_report.table"),
-        settings=gen_table_settings,
+        settings=plan.gen_table_settings,
         preset=PRESET,
     script:
         STAGE_SCRIPT
@@ -124,8 +123,8 @@ rule generator_table:
 rule fig5:
     """Fig. 5: VAR samples w/o and w/ deferral, ImageNet-100 and ODIR side by side."""
     input:
-        images=[f"{p['run']}/samples/images.npy" for p in fig5_panels()],
-        labels=[f"{p['run']}/samples/labels.npy" for p in fig5_panels()],
+        images=[f"{p['run']}/samples/images.npy" for p in plan.fig5_panels()],
+        labels=[f"{p['run']}/samples/labels.npy" for p in plan.fig5_panels()],
     output:
         figure=report(
             "results/figures/fig5.png",
@@ -140,46 +139,7 @@ rule fig5:
         ENV
     params:
         **stage_params("generator_report.fig5"),
-        settings={
-            "panels": fig5_panels(),
-            "generator": GEN["models"][GEN["fig5"]["generator"]]["paper_model"],
-            "classes": GEN["fig5"]["classes"],
-            "per_class": GEN["fig5"]["per_class"],
-        },
-        preset=PRESET,
-    script:
-        STAGE_SCRIPT
-
-
-rule training_curves:
-    """Training and validation loss per epoch of every trained model of a group."""
-    input:
-        curves=lambda w: [c for _, _, c in curve_runs(w.group, w.dataset)],
-    output:
-        figure=report(
-            "results/figures/curves/{group}-{dataset}.png",
-            caption="../report/curves.rst",
-            category="Training curves",
-            labels={"group": "{group}", "dataset": "{dataset}"},
-        ),
-    log:
-        log_path("training_curves", "{group}-{dataset}"),
-    benchmark:
-        bench_path("training_curves", "{group}-{dataset}")
-    wildcard_constraints:
-        dataset="|".join([*IMAGE_DATASETS, "gaussians"]),
-    conda:
-        ENV
-    params:
-        **stage_params("generator_report.curves"),
-        settings=lambda w: {
-            "title": f"{w.group} on {w.dataset}",
-            "runs": [
-                {"name": n, "schedule": s}
-                for n, s, _ in curve_runs(w.group, w.dataset)
-            ],
-            "metrics": CURVE_METRICS[w.group],
-        },
+        settings=plan.fig5_settings(),
         preset=PRESET,
     script:
         STAGE_SCRIPT

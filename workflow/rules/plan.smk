@@ -7,7 +7,7 @@ rule budget:
     measured step times) GPU-hours of every training run of the targets (README: Budget).
     """
     input:
-        unpack(get_step_times),
+        unpack(plan.get_step_times),
     output:
         table="results/plan/budget.csv",
         summary="results/plan/budget_summary.csv",
@@ -19,7 +19,7 @@ rule budget:
         ENV
     params:
         **stage_params("plan.budget"),
-        settings=lambda w: budget_settings(),
+        settings=lambda w: plan.budget_settings(),
         preset=PRESET,
     script:
         STAGE_SCRIPT

@@ -14,7 +14,7 @@ rule synthetic_data:
         ENV
     params:
         **stage_params("synthetic.make_data"),
-        settings=syn_data_settings,
+        settings=plan.syn_data_settings,
         preset=PRESET,
     script:
         STAGE_SCRIPT
@@ -35,19 +35,19 @@ rule synthetic_pretrain_ae:
         ENV
     threads: 1
     resources:
-        **stage_resources("synthetic"),
+        **plan.stage_resources("synthetic"),
     params:
         **stage_params("synthetic.pretrain_ae"),
-        settings=lambda w: syn_train_settings(w, "pretrain"),
+        settings=plan.syn_ae_settings,
         preset=PRESET,
-        state_dir=lambda w: syn_state(w, "ae"),
+        state_dir=lambda w: plan.syn_state(w, "ae"),
     script:
         STAGE_SCRIPT
 
 
 rule synthetic_init_codebook:
     input:
-        unpack(get_syn_ae),
+        unpack(plan.get_syn_ae),
         data=rules.synthetic_data.output.data,
     output:
         init="results/synthetic/dim{dim}/h{hidden}/seed{seed}/{schedule}/init/model.pt",
@@ -63,10 +63,10 @@ rule synthetic_init_codebook:
         ENV
     threads: 1
     resources:
-        **stage_resources("synthetic"),
+        **plan.stage_resources("synthetic"),
     params:
         **stage_params("synthetic.init_codebook"),
-        settings=syn_init_settings,
+        settings=plan.syn_init_settings,
         preset=PRESET,
     script:
         STAGE_SCRIPT
@@ -88,12 +88,12 @@ rule synthetic_train_vq:
         ENV
     threads: 1
     resources:
-        **stage_resources("synthetic"),
+        **plan.stage_resources("synthetic"),
     params:
         **stage_params("synthetic.train_vq"),
-        settings=lambda w: syn_train_settings(w, syn_vq_phase(w)),
+        settings=plan.syn_vq_settings,
         preset=PRESET,
-        state_dir=lambda w: syn_state(w, "vq"),
+        state_dir=lambda w: plan.syn_state(w, "vq"),
     script:
         STAGE_SCRIPT
 
@@ -113,10 +113,10 @@ rule synthetic_eval:
         ENV
     threads: 1
     resources:
-        **stage_resources("synthetic"),
+        **plan.stage_resources("synthetic"),
     params:
         **stage_params("synthetic.evaluate"),
-        settings=lambda w: {**syn_model_settings(w), "schedule": w.schedule},
+        settings=plan.syn_eval_settings,
         preset=PRESET,
     script:
         STAGE_SCRIPT
@@ -139,6 +139,143 @@ rule synthetic_projection:
     params:
         **stage_params("synthetic_report.project"),
         settings={"points": 1500, "perplexity": 30.0},
+        preset=PRESET,
+    script:
+        STAGE_SCRIPT
+
+
+# ---------------------------------------------------------------- tables and figures
+rule synthetic_table:
+    input:
+        metrics=[f"{run}/eval/metrics.json" for run in plan.main_runs()],
+    output:
+        table=report(
+            "results/tables/synthetic.csv",
+            caption="../report/synthetic_table.rst",
+            category="Synthetic",
+        ),
+        claims=report(
+            "results/tables/synthetic_claims.csv",
+            caption="../report/synthetic_table.rst",
+            category="Synthetic",
+        ),
+    log:
+        log_path("synthetic_table", "synthetic"),
+    benchmark:
+        bench_path("synthetic_table", "synthetic")
+    conda:
+        ENV
+    params:
+        **stage_params("synthetic_report.tables"),
+        settings={},
+        preset=PRESET,
+    script:
+        STAGE_SCRIPT
+
+
+rule embeddings_collapse:
+    input:
+        metrics=[f"{run}/eval/metrics.json" for run in plan.collapse_runs()],
+        samples=[f"{run}/eval/samples.npz" for run in plan.collapse_runs()],
+    output:
+        table=report(
+            "results/tables/embeddings_collapse.csv",
+            caption="../report/embeddings_collapse.rst",
+            category="Synthetic",
+        ),
+        figure=report(
+            "results/figures/embeddings_collapse.png",
+            caption="../report/embeddings_collapse.rst",
+            category="Synthetic",
+        ),
+    log:
+        log_path("embeddings_collapse", "embeddings_collapse"),
+    benchmark:
+        bench_path("embeddings_collapse", "embeddings_collapse")
+    conda:
+        ENV
+    params:
+        **stage_params("synthetic_report.embeddings_collapse"),
+        settings={"figure_seed": SYN["figure_seed"]},
+        preset=PRESET,
+    script:
+        STAGE_SCRIPT
+
+
+rule fig2:
+    input:
+        projections=expand(
+            "results/synthetic/dim{dim}/h{hidden}/seed{seed}/projection.npz",
+            dim=SYN["input_dims"],
+            hidden=SYN["hidden"],
+            seed=SYN["figure_seed"],
+        ),
+    output:
+        figure=report(
+            "results/figures/fig2.png",
+            caption="../report/fig2.rst",
+            category="Synthetic",
+        ),
+    log:
+        log_path("fig2", "fig2"),
+    benchmark:
+        bench_path("fig2", "fig2")
+    conda:
+        ENV
+    params:
+        **stage_params("synthetic_report.fig2"),
+        settings={"input_dims": SYN["input_dims"], "token_dims": SYN["token_dims"]},
+        preset=PRESET,
+    script:
+        STAGE_SCRIPT
+
+
+rule fig3_fig6:
+    input:
+        baseline_init=expand(
+            "results/synthetic/dim{dim}/h{hidden}/seed{seed}/baseline/init/embeddings.npz",
+            dim=SYN["figure_input_dim"],
+            hidden=SYN["hidden"],
+            seed=SYN["figure_seed"],
+        ),
+        deferred_init=expand(
+            "results/synthetic/dim{dim}/h{hidden}/seed{seed}/deferred/init/embeddings.npz",
+            dim=SYN["figure_input_dim"],
+            hidden=SYN["hidden"],
+            seed=SYN["figure_seed"],
+        ),
+        baseline_eval=expand(
+            "results/synthetic/dim{dim}/h{hidden}/seed{seed}/baseline/eval/samples.npz",
+            dim=SYN["figure_input_dim"],
+            hidden=SYN["hidden"],
+            seed=SYN["figure_seed"],
+        ),
+        deferred_eval=expand(
+            "results/synthetic/dim{dim}/h{hidden}/seed{seed}/deferred/eval/samples.npz",
+            dim=SYN["figure_input_dim"],
+            hidden=SYN["hidden"],
+            seed=SYN["figure_seed"],
+        ),
+    output:
+        fig3=report(
+            "results/figures/fig3.png",
+            caption="../report/fig3.rst",
+            category="Synthetic",
+        ),
+        fig6=report(
+            "results/figures/fig6.png",
+            caption="../report/fig6.rst",
+            category="Synthetic",
+        ),
+    log:
+        log_path("fig3_fig6", "fig3_fig6"),
+    benchmark:
+        bench_path("fig3_fig6", "fig3_fig6")
+    conda:
+        ENV
+    params:
+        **stage_params("synthetic_report.fig3_fig6"),
+        settings={},
         preset=PRESET,
     script:
         STAGE_SCRIPT

@@ -1,95 +1,20 @@
 # Image tokenizers with and without Deferred Quantization (paper Sec. 5, 6.1-6.3, App. A.1,
 # A.4) and the CIFAR-10 codebook-size sweep (Fig. 4; older version Sec. 3.1.2, 5.2):
 #   prepared data -> [autoencoder] -> k-means codebook -> VQ training -> evaluation
-#   -> token maps; FID reference statistics once per split; tables 2, 3, 5, 9, 10; Fig. 4.
+#   -> token maps; tables 2, 3, 5, 9, 10; Fig. 4. FID statistics: metrics.smk.
 
 
 wildcard_constraints:
     variant="|".join([*TOK["variants"], r"vqvae-k\d+"]),
     arch="|".join([*TOK["architectures"], SWEEP_ARCH]),
-    split="train|val|test",
-    featnet="inception|inception_random|classifier",
     tok_table="|".join(TOK["tables"]),
-
-
-# ---------------------------------------------------------------- metric networks
-rule fetch_weights:
-    """Download the pretrained FID/LPIPS weights the config needs into metrics.weights_dir.
-    Run it where there is internet (a login node): `snakemake -c1 fetch_weights`."""
-    output:
-        record="results/weights/fetched.json",
-    log:
-        log_path("fetch_weights", "fetch_weights"),
-    conda:
-        ENV
-    params:
-        **stage_params("tokenizer.fetch_metric_weights"),
-        settings=weights_to_fetch(),
-        preset=PRESET,
-        weights=True,
-    script:
-        STAGE_SCRIPT
-
-
-rule fid_classifier:
-    """The substitute FID feature network (fid_feature_net: classifier), labelled as such."""
-    input:
-        data="results/data/{dataset}",
-    output:
-        classifier="results/fid/{dataset}/classifier.pt",
-        record="results/fid/{dataset}/classifier.json",
-    log:
-        log_path("fid_classifier", "{dataset}"),
-    benchmark:
-        bench_path("fid_classifier", "{dataset}")
-    conda:
-        ENV
-    threads: METRICS["resources"]["cpus_per_task"]
-    resources:
-        **stage_resources("metrics"),
-    params:
-        **stage_params("tokenizer.train_fid_classifier"),
-        settings=lambda w: {**METRICS["classifier"], "dataset": w.dataset},
-        preset=PRESET,
-    script:
-        STAGE_SCRIPT
-
-
-rule fid_reference:
-    """Real-image FID statistics of one split, computed once and reused by every FID."""
-    input:
-        unpack(get_fid_classifier),
-        unpack(get_ref_weights),
-        data="results/data/{dataset}",
-    output:
-        stats="results/fid/{dataset}/{split}-{featnet}.npz",
-    log:
-        log_path("fid_reference", "{dataset}_{split}_{featnet}"),
-    benchmark:
-        bench_path("fid_reference", "{dataset}_{split}_{featnet}")
-    conda:
-        ENV
-    threads: METRICS["resources"]["cpus_per_task"]
-    resources:
-        **stage_resources("metrics"),
-    params:
-        **stage_params("tokenizer.fid_reference"),
-        settings=lambda w: {
-            "split": w.split,
-            "fid": fid_settings(w.dataset),
-            "device": TOK["training"]["device"],
-        },
-        preset=PRESET,
-        weights=True,
-    script:
-        STAGE_SCRIPT
 
 
 # ---------------------------------------------------------------- training
 rule tokenizer_pretrain_ae:
     """Deferred schedule, phase 1: the autoencoder without VQ, one per (dataset, arch)."""
     input:
-        unpack(get_train_weights),
+        unpack(plan.get_train_weights),
         data="results/data/{dataset}",
     output:
         model="results/tokenizers/{dataset}/ae-{arch}/model.pt",
@@ -101,14 +26,14 @@ rule tokenizer_pretrain_ae:
         bench_path("tokenizer_pretrain_ae", "{dataset}_{arch}")
     conda:
         ENV
-    threads: tok_threads("train")
+    threads: plan.tok_threads("train")
     resources:
-        **tok_resources("train"),
+        **plan.tok_resources("train"),
     params:
         **stage_params("tokenizer.pretrain_ae"),
-        settings=tok_ae_settings,
+        settings=plan.tok_ae_settings,
         preset=PRESET,
-        state_dir=lambda w: tok_state(w, "ae"),
+        state_dir=lambda w: plan.tok_state(w, "ae"),
         weights=True,
     script:
         STAGE_SCRIPT
@@ -117,7 +42,7 @@ rule tokenizer_pretrain_ae:
 rule tokenizer_init_codebook:
     """k-means codebook on embeddings of the untrained (baseline) or pretrained encoder."""
     input:
-        unpack(get_tok_ae),
+        unpack(plan.get_tok_ae),
         data="results/data/{dataset}",
     output:
         init="results/tokenizers/{dataset}/{variant}/{schedule}/init/model.pt",
@@ -129,12 +54,12 @@ rule tokenizer_init_codebook:
         bench_path("tokenizer_init_codebook", "{dataset}_{variant}_{schedule}")
     conda:
         ENV
-    threads: tok_threads("init")
+    threads: plan.tok_threads("init")
     resources:
-        **tok_resources("init"),
+        **plan.tok_resources("init"),
     params:
         **stage_params("tokenizer.init_codebook"),
-        settings=tok_init_settings,
+        settings=plan.tok_init_settings,
         preset=PRESET,
     script:
         STAGE_SCRIPT
@@ -143,8 +68,8 @@ rule tokenizer_init_codebook:
 rule tokenizer_train_vq:
     """VQ training from scratch (baseline) or fine-tuning the autoencoder (deferred)."""
     input:
-        unpack(get_val_fid),
-        unpack(get_train_weights),
+        unpack(plan.get_val_fid),
+        unpack(plan.get_train_weights),
         data="results/data/{dataset}",
         init=rules.tokenizer_init_codebook.output.init,
     output:
@@ -157,14 +82,14 @@ rule tokenizer_train_vq:
         bench_path("tokenizer_train_vq", "{dataset}_{variant}_{schedule}")
     conda:
         ENV
-    threads: tok_threads("train")
+    threads: plan.tok_threads("train")
     resources:
-        **tok_resources("train"),
+        **plan.tok_resources("train"),
     params:
         **stage_params("tokenizer.train_vq"),
-        settings=tok_train_settings,
+        settings=plan.tok_train_settings,
         preset=PRESET,
-        state_dir=lambda w: tok_state(w, "vq"),
+        state_dir=lambda w: plan.tok_state(w, "vq"),
         weights=True,
     script:
         STAGE_SCRIPT
@@ -174,8 +99,8 @@ rule tokenizer_train_vq:
 rule tokenizer_eval:
     """r-FID, MSE, LPIPS, codebook distance, perplexity, dead codes on the test split."""
     input:
-        unpack(get_eval_fid),
-        unpack(get_eval_weights),
+        unpack(plan.get_eval_fid),
+        unpack(plan.get_eval_weights),
         data="results/data/{dataset}",
         model=rules.tokenizer_train_vq.output.model,
     output:
@@ -187,12 +112,12 @@ rule tokenizer_eval:
         bench_path("tokenizer_eval", "{dataset}_{variant}_{schedule}")
     conda:
         ENV
-    threads: tok_threads("eval")
+    threads: plan.tok_threads("eval")
     resources:
-        **tok_resources("eval"),
+        **plan.tok_resources("eval"),
     params:
         **stage_params("tokenizer.evaluate"),
-        settings=tok_eval_settings,
+        settings=plan.tok_eval_settings,
         preset=PRESET,
         weights=True,
     script:
@@ -215,15 +140,12 @@ rule tokenizer_tokens:
         bench_path("tokenizer_tokens", "{dataset}_{variant}_{schedule}")
     conda:
         ENV
-    threads: tok_threads("eval")
+    threads: plan.tok_threads("eval")
     resources:
-        **tok_resources("eval"),
+        **plan.tok_resources("eval"),
     params:
         **stage_params("tokenizer.extract_tokens"),
-        settings=lambda w: {
-            "batch_size": METRICS["fid_batch_size"],
-            "device": tok_experiment(w)["training"]["device"],
-        },
+        settings=plan.tok_tokens_settings,
         preset=PRESET,
     script:
         STAGE_SCRIPT
@@ -233,7 +155,7 @@ rule tokenizer_tokens:
 rule tokenizer_table:
     """Tables 2, 3, 5, 9, 10: the run's values beside the paper's, scaling in the header."""
     input:
-        unpack(get_tok_table_inputs),
+        unpack(plan.get_tok_table_inputs),
         paper="workflow/resources/paper_tables.csv",
     output:
         table=report(
@@ -250,7 +172,7 @@ rule tokenizer_table:
         ENV
     params:
         **stage_params("tokenizer_report.table"),
-        settings=tok_table_settings,
+        settings=plan.tok_table_settings,
         preset=PRESET,
     script:
         STAGE_SCRIPT
@@ -259,8 +181,8 @@ rule tokenizer_table:
 rule fig4:
     """Fig. 4: MSE, perplexity and codebook distance over codebook sizes, w/ and w/o deferral."""
     input:
-        metrics=[f"{run}/eval/metrics.json" for run in sweep_runs()],
-        records=[f"{run}/vq/run.json" for run in sweep_runs()],
+        metrics=[f"{run}/eval/metrics.json" for run in plan.sweep_runs()],
+        records=[f"{run}/vq/run.json" for run in plan.sweep_runs()],
     output:
         table=report(
             "results/tables/fig4.csv",
@@ -280,11 +202,7 @@ rule fig4:
         ENV
     params:
         **stage_params("tokenizer_report.fig4"),
-        settings={
-            "paper_dataset": SWEEP["dataset"],
-            "dataset": used_dataset(SWEEP["dataset"]),
-            "codebook_sizes": SWEEP["codebook_sizes"],
-        },
+        settings=plan.fig4_settings(),
         preset=PRESET,
     script:
         STAGE_SCRIPT

@@ -8,20 +8,12 @@ rerun finished stages. The stage goes by name: this process imports neither torc
 stage's module, which only the process running it does (here, or in the SLURM job).
 """
 
-import os
 import sys
-from pathlib import Path
+
+from vqshrink.errors import PlainError  # no torch: safe on the waiting side
+from vqshrink.launch import launch_from_snakemake
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
-
-# Import the package from this repository (also inside a conda env and in SLURM jobs,
-# which inherit PYTHONPATH from this process).
-SRC = str(Path(sm.scriptdir).resolve().parents[1] / "src")
-sys.path.insert(0, SRC)
-os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p)
-
-from vqshrink.launch import launch_from_snakemake  # noqa: E402
-from vqshrink.errors import PlainError  # noqa: E402 (no torch: safe on the waiting side)
 
 params = dict(sm.params.items())
 kwargs = {**dict(sm.input.items()), **dict(sm.output.items())}
