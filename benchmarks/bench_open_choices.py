@@ -25,10 +25,10 @@ perplexity and usage are put side by side:
   r-FID and LPIPS: only the codebook metrics are needed here.
 
 Every run calls the workflow's own stage functions (``vqshrink.stages.synthetic`` /
-``vqshrink.stages.tokenizer``) with the settings the DAG would give them; the continuous
-autoencoder of a (dim, seed) or (architecture, seed) is trained once and shared, as in the
-DAG. Work is spread over ``--workers`` processes, one torch thread each. Run (repository
-root, under ``nice``)::
+``vqshrink.stages.data``, ``.tokenizer``, ``.tokenizer_eval``) with the settings the DAG would
+give them; the continuous autoencoder of a (dim, seed) or (architecture, seed) is trained once
+and shared, as in the DAG. Work is spread over ``--workers`` processes, one torch thread each.
+Run (repository root, under ``nice``)::
 
     nice -n 10 python benchmarks/bench_open_choices.py --workers 2
     nice -n 10 python benchmarks/bench_open_choices.py --quick     # a smoke run, minutes
@@ -234,6 +234,7 @@ def tok_unit(job: dict) -> list[dict]:
     """One (variant, codebook size, seed): the AE once, then every choice x arm."""
     quiet()
     from vqshrink.stages import tokenizer as tok
+    from vqshrink.stages import tokenizer_eval as tok_eval
 
     cfg, variant, seed, size = job["cfg"], job["variant"], job["seed"], job["size"]
     work, data = Path(job["work"]), job["data"]
@@ -264,10 +265,10 @@ def tok_unit(job: dict) -> list[dict]:
                 tok.train_vq(data=data, init=str(r / "init.pt"), model=str(r / "model.pt"),
                              curve=str(r / "curve.csv"), record=str(r / "run.json"),
                              state_dir=str(r / "state"), settings=s["train"][phase], **run)
-                tok.evaluate(data=data, model=str(r / "model.pt"),
-                             metrics=str(r / "metrics.json"),
-                             reconstructions=str(r / "recon.png"), settings=s["eval"],
-                             preset="bench")
+                tok_eval.evaluate(data=data, model=str(r / "model.pt"),
+                                  metrics=str(r / "metrics.json"),
+                                  reconstructions=str(r / "recon.png"), settings=s["eval"],
+                                  preset="bench")
                 (r / "cpu_s.txt").write_text(f"{time.process_time() - t0}")
             rows.append(run_row(r, {"part": "demo tokenizer", "setup": tag, "seed": seed,
                                     "choice": choice, "arm": arm}, ("mse",)))
@@ -276,12 +277,12 @@ def tok_unit(job: dict) -> list[dict]:
 
 def tok_jobs(cfg: dict, work: Path, seeds: list[int], sweep_sizes: list[int],
              choices: list[str], variants: tuple[str, ...]) -> list[dict]:
-    from vqshrink.stages import tokenizer as tok
+    from vqshrink.stages import data as data_stage
 
     data = work / "digits"
     if not data.exists():
         d = cfg["datasets"]["digits"]
-        tok.prepare_data(data=str(data), settings={"name": "digits", **{
+        data_stage.prepare_data(data=str(data), settings={"name": "digits", **{
             k: v for k, v in d.items() if k != "checkpoint"}}, preset="bench")
     units = [(v, None) for v in variants] + [("sweep", k) for k in sweep_sizes]
     return [{"cfg": cfg, "variant": v, "size": k, "seed": sd, "work": str(work),

@@ -1,7 +1,7 @@
 """GPU cost of the paper DAG: step time and peak memory of every training stage at paper shapes.
 
 Builds each model from config.yaml's paper preset through the builders the stages use
-(``tokenizer.build_model``, ``generator.build_generator``) at the paper preset's per-GPU
+(``registry.build_model``, ``generator_registry.build_generator``) at the paper preset's per-GPU
 batch (global batch / GPUs of the stage's train resources) and times its training step
 (forward, loss, backward, gradient clipping, optimiser step; the GAN variants also the
 discriminator step), the median of the timed steps after a warm-up, with peak memory
@@ -126,7 +126,8 @@ def _params_m(*modules: torch.nn.Module) -> float:
 def tokenizer_step(cfg: dict, model_cfg: dict, *, continuous: bool, gan: bool,
                    device: torch.device, batch: int, amp: str, compile: bool):
     """The tokenizer stage's step (``tokenizer._fit``), GAN active from step 0."""
-    from vqshrink.stages.tokenizer import build_model, make_loss
+    from vqshrink.models.registry import build_model
+    from vqshrink.stages.tokenizer import make_loss
 
     tok = cfg["tokenizers"] if model_cfg["family"] == "vqgan" else cfg["vqvae_sweep"]
     loss_cfg = {**tok["loss"], "lpips_pretrained": False}
@@ -165,14 +166,14 @@ def tokenizer_step(cfg: dict, model_cfg: dict, *, continuous: bool, gan: bool,
 
 
 def _tokenizer(cfg: dict, arch: str, quantizer: str, resolution: int) -> torch.nn.Module:
-    from vqshrink.stages.tokenizer import build_model
+    from vqshrink.models.registry import build_model
 
     return build_model(tokenizer_model_cfg(cfg, arch, quantizer, resolution)).eval()
 
 
 def generator_parts(cfg: dict, family: str, device: torch.device):
     """(generator, its tokenizer, token shape) at the paper's shapes (ImageNet-100 classes)."""
-    from vqshrink.stages.generator import build_generator
+    from vqshrink.models.generator_registry import build_generator
 
     res = cfg["datasets"]["imagenet100"]["resolution"]
     quantizer = "multiscale" if family == "var" else "vq"

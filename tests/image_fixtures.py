@@ -19,7 +19,7 @@ import torch
 import vqshrink
 from vqshrink.data.digits import digits_images
 from vqshrink.data.prepared import SplitRows, write_prepared
-from vqshrink.stages import tokenizer as tok
+from vqshrink.stages import metric_nets
 
 FID = {"feature_net": "classifier", "batch_size": 64, "dataset": "digits"}
 
@@ -57,13 +57,14 @@ def data(tmp_path_factory) -> str:
 def fid_net(data, tmp_path_factory) -> dict:
     """The substitute classifier and the val/test reference statistics (the DAG's FID stages)."""
     d = tmp_path_factory.mktemp("fid")
-    tok.train_fid_classifier(data=data, classifier=str(d / "cls.pt"), record=str(d / "cls.json"),
-                             settings={"epochs": 1, "batch_size": 64, "lr": 2e-3, "seed": 0,
-                                       "dataset": "digits"}, preset="test")
+    metric_nets.train_fid_classifier(data=data, classifier=str(d / "cls.pt"),
+                                     record=str(d / "cls.json"),
+                                     settings={"epochs": 1, "batch_size": 64, "lr": 2e-3,
+                                               "seed": 0, "dataset": "digits"}, preset="test")
     for split in ("val", "test"):
-        tok.fid_reference(data=data, stats=str(d / f"{split}.npz"), preset="test",
-                          settings={"split": split, "fid": FID, "device": "cpu"},
-                          classifier=str(d / "cls.pt"))
+        metric_nets.fid_reference(data=data, stats=str(d / f"{split}.npz"), preset="test",
+                                  settings={"split": split, "fid": FID, "device": "cpu"},
+                                  classifier=str(d / "cls.pt"))
     return {"classifier": str(d / "cls.pt"), "val": str(d / "val.npz"),
             "test": str(d / "test.npz")}
 

@@ -17,9 +17,11 @@ import yaml
 from vqshrink.data.prepared import PreparedImages
 from vqshrink.io import load_json, load_torch
 from vqshrink.metrics import diversity
+from vqshrink.models import generator_registry, registry
 from vqshrink.stages import generator as gen
 from vqshrink.stages import generator_report as grep
 from vqshrink.stages import tokenizer as tok
+from vqshrink.stages import tokenizer_eval as tok_eval
 
 from image_fixtures import (FID, count_host_reads, data, fid_net, kill_at_step,  # noqa: F401
                             nan_at_step,
@@ -69,10 +71,10 @@ def _tokenizer(data: str, d: Path, quantizer: str, loss: dict = LOSS) -> dict:
                            "checkpoint": "final"},
                  state_dir=str(d / "state"), checkpoint_interval_s=0.0)
     paths = {s: str(d / f"tokens-{s}.npy") for s in ("train", "val", "test")}
-    tok.extract_tokens(data=data, model=str(d / "model.pt"), tokens_train=paths["train"],
-                       tokens_val=paths["val"], tokens_test=paths["test"],
-                       meta=str(d / "meta.json"), settings={"batch_size": 64, "device": "cpu"},
-                       preset="test")
+    tok_eval.extract_tokens(data=data, model=str(d / "model.pt"), tokens_train=paths["train"],
+                            tokens_val=paths["val"], tokens_test=paths["test"],
+                            meta=str(d / "meta.json"), settings={"batch_size": 64, "device": "cpu"},
+                            preset="test")
     return {"model": str(d / "model.pt"), "meta": str(d / "meta.json"), "data": data, **paths}
 
 
@@ -280,7 +282,7 @@ def test_ddp_two_processes_match_one(family, tokenizers, tmp_path, monkeypatch):
                                settings=s, preset="test", state_dir=str(d / "state"),
                                checkpoint_interval_s=0.0, threads=1),
                name=f"ddp-{procs}", resources=Resources(), launcher="local")
-        net, _, _ = gen.load_generator(str(d / "model.pt"), tk["model"])
+        net, _, _ = generator_registry.load_generator(str(d / "model.pt"), tk["model"])
         tokens = torch.from_numpy(np.load(tk["test"])[:8].astype(np.int64))
         with torch.no_grad():
             runs[procs] = net.eval().logits(tokens.reshape(8, -1), torch.arange(8) % 10)
@@ -302,13 +304,13 @@ def test_batch_larger_than_the_split_names_the_key(tokenizers, tmp_path):
 
 
 def test_generator_refuses_tokens_of_the_wrong_layout(tokenizers):
-    ms, _ = tok.load_model(tokenizers["multiscale"]["model"])
+    ms, _ = registry.load_model(tokenizers["multiscale"]["model"])
     with pytest.raises(ValueError, match="needs \\(N, h, w\\) token maps"):
-        gen.build_generator("maskgit", MODELS["maskgit"], tokenizer=ms, token_shape=(85,),
-                            num_classes=10, vocab_size=32)
+        generator_registry.build_generator("maskgit", MODELS["maskgit"], tokenizer=ms,
+                                           token_shape=(85,), num_classes=10, vocab_size=32)
     with pytest.raises(ValueError, match="VAR needs \\(N, 85\\) multi-scale tokens"):
-        gen.build_generator("var", MODELS["var"], tokenizer=ms, token_shape=(8, 8),
-                            num_classes=10, vocab_size=32)
+        generator_registry.build_generator("var", MODELS["var"], tokenizer=ms, token_shape=(8, 8),
+                                           num_classes=10, vocab_size=32)
 
 
 def test_class_grid_rows_per_class_padded():

@@ -25,7 +25,9 @@ from vqshrink.metrics.inception_random import (
     RANDOM_INCEPTION_LABEL,
     RandomFIDInception,
 )
-from vqshrink.stages import tokenizer as tok
+from vqshrink.models import registry
+from vqshrink.stages import metric_nets
+from vqshrink.stages import tokenizer_eval as tok_eval
 from vqshrink.stages import tokenizer_report as rep
 
 from image_fixtures import one_thread, write_digits  # noqa: F401
@@ -100,8 +102,8 @@ def tiny(tmp_path_factory) -> str:
 def test_ref(tiny, tmp_path_factory) -> str:
     """The DAG's fid_reference stage with the random Inception (no weights_dir at all)."""
     path = tmp_path_factory.mktemp("fid") / "test-inception_random.npz"
-    tok.fid_reference(data=tiny, stats=str(path), preset="test",
-                      settings={"split": "test", "fid": FID_RANDOM, "device": "cpu"})
+    metric_nets.fid_reference(data=tiny, stats=str(path), preset="test",
+                              settings={"split": "test", "fid": FID_RANDOM, "device": "cpu"})
     return str(path)
 
 
@@ -109,7 +111,7 @@ def test_fid_of_a_set_with_itself_is_zero(tiny, test_ref):
     ref = fid.load_statistics(test_ref)
     assert ref.n == 8 and ref.mu.shape == (FEATURE_DIM,)
     assert ref.feature_net == RANDOM_INCEPTION_LABEL
-    ex = tok.make_extractor(FID_RANDOM, classifier=None, weights_dir=None, device="cpu")
+    ex = metric_nets.make_extractor(FID_RANDOM, classifier=None, weights_dir=None, device="cpu")
     same = fid.fid_from_images(np.asarray(PreparedImages(tiny, "test").images), ref, ex)
     assert abs(same["fid"]) < 1e-4 * np.trace(ref.sigma)
     assert same["feature_net"] == RANDOM_INCEPTION_LABEL and same["substitute"]
@@ -123,12 +125,12 @@ def test_random_inception_label_reaches_every_tokenizer_table_row(tiny, test_ref
     cfg = model_cfg("vq", k=32)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        tok.save_model(tok.build_model(cfg), cfg, str(tmp_path / "model.pt"))
+        registry.save_model(registry.build_model(cfg), cfg, str(tmp_path / "model.pt"))
     settings = {"split": "test", "fid": FID_RANDOM, "lpips": None, "batch_size": 64,
                 "device": "cpu"}
-    tok.evaluate(data=tiny, model=str(tmp_path / "model.pt"), metrics=str(tmp_path / "m.json"),
-                 reconstructions=str(tmp_path / "rec.png"), settings=settings, preset="smoke",
-                 ref=test_ref)
+    tok_eval.evaluate(data=tiny, model=str(tmp_path / "model.pt"), metrics=str(tmp_path / "m.json"),
+                      reconstructions=str(tmp_path / "rec.png"), settings=settings, preset="smoke",
+                      ref=test_ref)
     m = load_json(tmp_path / "m.json")["metrics"]
     ref = fid.load_statistics(test_ref)
     assert m["rfid"] > 1e-2 * np.trace(ref.sigma)

@@ -12,9 +12,11 @@ import pandas as pd
 import pytest
 
 from vqshrink.io import load_json
+from vqshrink.models import generator_registry
 from vqshrink.stages import generator as gen
 from vqshrink.stages import generator_report as grep
-from vqshrink.stages import tokenizer as tok
+from vqshrink.stages import metric_nets
+from vqshrink.stages import tokenizer_eval as tok_eval
 from vqshrink.stages import tokenizer_report as rep
 
 from image_fixtures import one_thread, write_digits  # noqa: F401
@@ -37,10 +39,10 @@ def tokenizer(tmp_path_factory) -> dict:
                     loss={**LOSS, "perceptual_weight": 1.0, "lpips_pretrained": False})
     d = root / "vq"
     (d / "eval").mkdir()
-    tok.evaluate(data=data, model=tk["model"], metrics=str(d / "eval/metrics.json"),
-                 reconstructions=str(d / "eval/rec.png"), preset="test",
-                 settings={"split": "test", "fid": None, "lpips": RANDOM_VGG, "batch_size": 64,
-                           "device": "cpu"})
+    tok_eval.evaluate(data=data, model=tk["model"], metrics=str(d / "eval/metrics.json"),
+                      reconstructions=str(d / "eval/rec.png"), preset="test",
+                      settings={"split": "test", "fid": None, "lpips": RANDOM_VGG, "batch_size": 64,
+                                "device": "cpu"})
     return {**tk, "dir": d, "metrics": str(d / "eval/metrics.json")}
 
 
@@ -93,13 +95,14 @@ def generation_metrics(path: Path, lpips_backbone: str) -> str:
 def test_generator_rows_show_parameters_shapes_and_tokenizer_loss(tokenizer, generator_run,
                                                                   table):
     rec = load_json(generator_run["record"])
-    net, _, _ = gen.load_generator(str(generator_run["dir"] / "model.pt"), tokenizer["model"])
+    net, _, _ = generator_registry.load_generator(str(generator_run["dir"] / "model.pt"),
+                                                  tokenizer["model"])
     assert rec["parameters"] == sum(p.numel() for p in net.parameters() if p.requires_grad) > 0
     assert rec["tokens_per_image"] == 64 and rec["codebook_size"] == 32
 
     d = generator_run["dir"]
     metrics = generation_metrics(d / f"eval-{table}/metrics.json",
-                                 tok.lpips_label("vgg", pretrained=False))
+                                 metric_nets.lpips_label("vgg", pretrained=False))
     out = d / f"table{table}.csv"
     grep.table(metrics=[metrics], records=[generator_run["record"]], paper=PAPER,
                table=str(out), preset="smoke",

@@ -14,7 +14,9 @@ import torch
 
 from vqshrink.data.prepared import PreparedImages
 from vqshrink.io import load_json, load_torch
+from vqshrink.models import registry
 from vqshrink.stages import tokenizer as tok
+from vqshrink.stages import tokenizer_eval as tok_eval
 from vqshrink.stages import tokenizer_report as rep
 
 from image_fixtures import (FID, count_host_reads, data, fid_net, kill_at_step,  # noqa: F401
@@ -98,10 +100,10 @@ def test_kmeans_init_uses_the_encoder_it_is_given(data, tmp_path):
     model = model_cfg("vq", k=32)
     # a "pretrained" autoencoder: the same architecture with other weights
     torch.manual_seed(123)
-    ae_net = tok.build_model(ARCH, continuous=True)
+    ae_net = registry.build_model(ARCH, continuous=True)
     assert ae_net.quantizer is None and not any(k.startswith("quantizer.")
                                                 for k in ae_net.state_dict())
-    tok.save_model(ae_net, ARCH, str(tmp_path / "ae.pt"), continuous=True)
+    registry.save_model(ae_net, ARCH, str(tmp_path / "ae.pt"), continuous=True)
     base = init(data, tmp_path / "base", model, "baseline", ratio=3)
     defer = init(data, tmp_path / "def", model, "deferred", ae=str(tmp_path / "ae.pt"), ratio=3)
     rb, rd = load_json(base / "init.json"), load_json(defer / "init.json")
@@ -119,7 +121,7 @@ def test_kmeans_init_uses_the_encoder_it_is_given(data, tmp_path):
         torch.testing.assert_close(w["quantizer.codebook"],
                                    torch.from_numpy(np.load(d / "emb.npz")["codebook"]))
     # the encoder really produced those embeddings
-    net = tok.build_model(model)
+    net = registry.build_model(model)
     net.load_state_dict(wd)
     x, _ = PreparedImages(data, "train").get_batch(range(1))
     assert net.embeddings(x).shape == (64, 8)
@@ -136,7 +138,7 @@ def test_simvq_multiscale_init_sets_frozen_codebook_and_identity(data, tmp_path)
     torch.testing.assert_close(w["quantizer.frozen_codebook"],
                                torch.from_numpy(np.load(d / "emb.npz")["codebook"]))
     torch.testing.assert_close(w["quantizer.proj.weight"], torch.eye(8))
-    net = tok.build_model(model_cfg("multiscale_simvq", k=32))
+    net = registry.build_model(model_cfg("multiscale_simvq", k=32))
     net.load_state_dict(w)
     torch.testing.assert_close(net.quantizer.codebook, w["quantizer.frozen_codebook"])
 
@@ -183,10 +185,10 @@ def test_every_stage_on_tiny_digits(data, fid_net, tmp_path, quantizer, gan):
         ev = {"split": "test", "fid": None if sweep else FID,
               "lpips": None if sweep else {"net": "vgg", "pretrained": False},
               "batch_size": 64, "device": "cpu"}
-        tok.evaluate(data=data, model=str(d / "model.pt"), metrics=str(d / "m.json"),
-                     reconstructions=str(d / "rec.png"), settings=ev, preset="test",
-                     ref=None if sweep else fid_net["test"],
-                     classifier=None if sweep else fid_net["classifier"])
+        tok_eval.evaluate(data=data, model=str(d / "model.pt"), metrics=str(d / "m.json"),
+                          reconstructions=str(d / "rec.png"), settings=ev, preset="test",
+                          ref=None if sweep else fid_net["test"],
+                          classifier=None if sweep else fid_net["classifier"])
         m = load_json(d / "m.json")["metrics"]
         assert 1 <= m["perplexity"] <= 32 and 0 < m["euclidean"] and m["mse"] > 0
         assert m["usage"] + m["dead_fraction"] == pytest.approx(1.0) and m["images"] == 50
@@ -197,14 +199,15 @@ def test_every_stage_on_tiny_digits(data, fid_net, tmp_path, quantizer, gan):
         assert m["rfid"] >= 0 and "substitute" in m["fid_feature_net"]
         assert "RANDOM" in m["lpips_backbone"] and m["lpips"] > 0
         if schedule == "baseline":  # metrics are reproducible (the random trunk is seeded)
-            tok.evaluate(data=data, model=str(d / "model.pt"), metrics=str(d / "m2.json"),
-                         reconstructions=str(d / "rec2.png"), settings=ev, preset="test",
-                         ref=fid_net["test"], classifier=fid_net["classifier"])
+            tok_eval.evaluate(data=data, model=str(d / "model.pt"), metrics=str(d / "m2.json"),
+                              reconstructions=str(d / "rec2.png"), settings=ev, preset="test",
+                              ref=fid_net["test"], classifier=fid_net["classifier"])
             assert load_json(d / "m2.json")["metrics"] == m
-        tok.extract_tokens(data=data, model=str(d / "model.pt"),
-                           tokens_train=str(d / "t/train.npy"), tokens_val=str(d / "t/val.npy"),
-                           tokens_test=str(d / "t/test.npy"), meta=str(d / "t/meta.json"),
-                           settings={"batch_size": 64, "device": "cpu"}, preset="test")
+        tok_eval.extract_tokens(data=data, model=str(d / "model.pt"),
+                                tokens_train=str(d / "t/train.npy"),
+                                tokens_val=str(d / "t/val.npy"),
+                                tokens_test=str(d / "t/test.npy"), meta=str(d / "t/meta.json"),
+                                settings={"batch_size": 64, "device": "cpu"}, preset="test")
         meta = load_json(d / "t/meta.json")
         test_tokens = np.load(d / "t/test.npy")
         assert test_tokens.dtype == np.uint16 and meta["dtype"] == "uint16"
@@ -213,7 +216,7 @@ def test_every_stage_on_tiny_digits(data, fid_net, tmp_path, quantizer, gan):
             continue
         assert meta["shapes"] == {"train": [200, 85], "val": [50, 85], "test": [50, 85]}
         # the saved VAR tokens (scales concatenated) decode to the model's reconstructions
-        net, _ = tok.load_model(str(d / "model.pt"))
+        net, _ = registry.load_model(str(d / "model.pt"))
         net.eval()
         x, _ = PreparedImages(data, "test").get_batch(range(4))
         scales = np.cumsum([0] + [p * p for p in model["patch_nums"]])
@@ -247,10 +250,10 @@ def test_gan_starts_after_its_epochs_and_early_stopping_counts_from_there(data, 
 def test_vq_tokens_are_hw_maps(data, tmp_path):
     d = init(data, tmp_path / "b", model_cfg("vq"), "baseline")
     train(data, d, vq_settings(model_cfg("vq"), checkpoint="final"), None)
-    tok.extract_tokens(data=data, model=str(d / "model.pt"), tokens_train=str(d / "a.npy"),
-                       tokens_val=str(d / "b.npy"), tokens_test=str(d / "c.npy"),
-                       meta=str(d / "meta.json"), settings={"batch_size": 64, "device": "cpu"},
-                       preset="test")
+    tok_eval.extract_tokens(data=data, model=str(d / "model.pt"), tokens_train=str(d / "a.npy"),
+                            tokens_val=str(d / "b.npy"), tokens_test=str(d / "c.npy"),
+                            meta=str(d / "meta.json"), settings={"batch_size": 64, "device": "cpu"},
+                            preset="test")
     assert np.load(d / "c.npy").shape == (50, 8, 8)
     assert load_json(d / "meta.json")["layout"] == "(N, h, w)"
 
@@ -359,7 +362,7 @@ def test_ddp_two_processes_match_one(data, tmp_path, monkeypatch):
     x, _ = PreparedImages(data, "test").get_batch(range(16))
     outs = []
     for d in (one, two):
-        net, _ = tok.load_model(str(d / "model.pt"))
+        net, _ = registry.load_model(str(d / "model.pt"))
         with torch.no_grad():
             outs.append(net.eval()(x))
     torch.testing.assert_close(outs[0].x_hat, outs[1].x_hat, rtol=1e-3, atol=1e-3)

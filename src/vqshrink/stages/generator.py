@@ -7,9 +7,10 @@ Per run ``results/generators/{dataset}/{generator}/{variant}/{schedule}/``::
                                  -> evaluate   (g-FID vs the test split, pixel distance,
                                                 LPIPS diversity)
 
-The generator never sees images: it trains on the token maps that ``tokenizer.extract_tokens``
-wrote, and its samples are decoded by the same tokenizer. VAR reads continuous teacher-forcing
-inputs from the tokenizer's multi-scale quantizer, which it keeps as a frozen submodule.
+The generator never sees images: it trains on the token maps that
+``tokenizer_eval.extract_tokens`` wrote, and its samples are decoded by the same tokenizer. VAR
+reads continuous teacher-forcing inputs from the tokenizer's multi-scale quantizer, which it
+keeps as a frozen submodule.
 
 Training (App. A.1: ReduceLROnPlateau and early stopping) is resumable at step granularity
 like the tokenizers': the epoch's batch order is a function of (seed, epoch), and the global
@@ -22,7 +23,6 @@ best_val_loss``; ``final`` keeps the last ones).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import time
@@ -35,18 +35,15 @@ from torch.nn.parallel import DistributedDataParallel
 
 from vqshrink import distributed
 from vqshrink.data.prepared import PreparedImages, largest_remainder, read_meta
-from vqshrink.io import atomic_path, load_json, load_torch, run_record, save_json, save_torch
+from vqshrink.io import atomic_path, load_json, run_record, save_json
 from vqshrink.metrics import diversity
 from vqshrink.metrics import fid as fidm
+from vqshrink.models.generator_registry import build_generator, load_generator, save_generator
+from vqshrink.models.registry import load_model
 from vqshrink.plan.schedule import epochs_to_steps
 from vqshrink.stages import stage
-from vqshrink.stages.tokenizer import (
-    load_model,
-    lpips_label,
-    make_extractor,
-    make_lpips,
-    to_uint8,
-)
+from vqshrink.stages.data import to_uint8
+from vqshrink.stages.metric_nets import lpips_label, make_extractor, make_lpips
 from vqshrink.training import (
     SYNC_EVERY,
     ResumableState,
@@ -60,72 +57,6 @@ from vqshrink.training import (
 )
 
 log = logging.getLogger(__name__)
-
-GENERATORS = ("maskgit", "var", "llamagen")
-
-
-# =============================================================================== models
-
-
-def model_classes(family: str) -> tuple[type, type]:
-    """(config dataclass, model class) of a generator family."""
-    if family == "maskgit":
-        from vqshrink.models.maskgit import MaskGIT, MaskGITConfig
-
-        return MaskGITConfig, MaskGIT
-    if family == "var":
-        from vqshrink.models.var import VAR, VARConfig
-
-        return VARConfig, VAR
-    if family == "llamagen":
-        from vqshrink.models.llamagen import LlamaGen, LlamaGenConfig
-
-        return LlamaGenConfig, LlamaGen
-    raise ValueError(f"unknown generator {family!r}; known: {GENERATORS}")
-
-
-def config_keys(family: str) -> list[str]:
-    """The model config keys a generator accepts (its dataclass fields)."""
-    return [f.name for f in dataclasses.fields(model_classes(family)[0])]
-
-
-def build_generator(family: str, model_cfg: dict, *, tokenizer: nn.Module, token_shape: tuple,
-                    num_classes: int, vocab_size: int) -> tuple[nn.Module, dict]:
-    """A generator for ``tokenizer``'s tokens of per-image shape ``token_shape`` ((h, w)
-    maps; VAR: (L,), its scales from the quantizer); returns (model, full config dict)."""
-    cfg_cls, model_cls = model_classes(family)
-    if family == "var":
-        q = tokenizer.quantizer
-        if tuple(token_shape) != (q.num_tokens,):
-            raise ValueError(f"VAR needs (N, {q.num_tokens}) multi-scale tokens, got maps of "
-                             f"shape {tuple(token_shape)}")
-        shape = {"patch_nums": tuple(q.patch_nums), "token_dim": q.dim}
-    else:
-        if len(token_shape) != 2:
-            raise ValueError(f"{family} needs (N, h, w) token maps, got (N, "
-                             f"{', '.join(map(str, token_shape))}) (multi-scale tokens?)")
-        shape = {"token_shape": tuple(token_shape)}
-    cfg = cfg_cls(**{**model_cfg, **shape, "vocab_size": vocab_size, "num_classes": num_classes})
-    if family == "var":
-        return model_cls(cfg, tokenizer.quantizer), cfg.to_dict()
-    return model_cls(cfg), cfg.to_dict()
-
-
-def save_generator(model: nn.Module, family: str, cfg: dict, path: str, **extra) -> None:
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    save_torch({"family": family, "config": cfg, "model": state, **extra}, path)
-
-
-def load_generator(path: str, tokenizer: str, device: torch.device | str = "cpu"
-                   ) -> tuple[nn.Module, nn.Module, dict]:
-    """(generator, tokenizer, generator checkpoint) from their files, on ``device``."""
-    tok, _ = load_model(tokenizer, device)
-    blob = load_torch(path)
-    cfg_cls, model_cls = model_classes(blob["family"])
-    cfg = cfg_cls(**blob["config"])
-    model = model_cls(cfg, tok.quantizer) if blob["family"] == "var" else model_cls(cfg)
-    model.load_state_dict(blob["model"])
-    return model.to(device), tok, blob
 
 
 class TokenSet:

@@ -1,4 +1,4 @@
-"""Generation tables (paper Tables 4, 6, 7, 8, 11, 12), Fig. 5 and the training-curve plots.
+"""Generation tables (paper Tables 4, 6, 7, 8, 11, 12) and Fig. 5.
 
 Each table row is one generator run (generator x tokenizer variant x schedule) with the run's
 g-FID, pixel distance and LPIPS diversity beside the paper's printed values
@@ -125,31 +125,3 @@ def fig5(*, images: list[str], labels: list[str], figure: str, settings: dict,
                         settings["classes"], settings["per_class"])
              for img_path, lab_path in zip(images, labels)]
     save_figure(draw_fig5(grids, settings["panels"], settings["generator"], preset), figure)
-
-
-@stage
-def curves(*, curves: list[str], figure: str, settings: dict, preset: str) -> None:
-    """Training curves (seaborn) of every trained model of a group: one panel per run,
-    training loss and validation loss per epoch, coloured by schedule."""
-    import seaborn as sns
-
-    frames = []
-    for spec, path in zip(settings["runs"], curves):
-        c = pd.read_csv(path)
-        for column, label in settings["metrics"].items():
-            if column in c and c[column].notna().any():
-                frames.append(pd.DataFrame({"epoch": c["epoch"], "value": c[column],
-                                            "metric": label, "run": spec["name"],
-                                            "schedule": spec["schedule"]}))
-    data = pd.concat(frames, ignore_index=True)
-    palette = {k: COLORS[k] for k in ("baseline", "deferred") if k in set(data["schedule"])}
-    palette.update({k: "#555555" for k in set(data["schedule"]) if k not in palette})
-    grid = sns.relplot(data=data, x="epoch", y="value", hue="schedule", style="metric",
-                       col="run", col_wrap=min(4, data["run"].nunique()), kind="line",
-                       palette=palette, markers=bool(data["epoch"].max() <= 20),
-                       height=2.6, aspect=1.2, facet_kws={"sharey": False})
-    grid.set_titles("{col_name}", size=8)
-    grid.set_axis_labels("epoch", "loss")
-    grid.figure.suptitle(f"{settings['title']}, preset {preset}", y=1.02)
-    save_figure(grid.figure, figure)
-    log.info("curves: %d runs -> %s", data["run"].nunique(), figure)

@@ -1,15 +1,13 @@
-"""Stages of the image-tokenizer experiments (paper Sec. 5, 6.1-6.3, App. A.1, A.4) and of the
+"""Training stages of the image tokenizers (paper Sec. 5, 6.1-6.3, App. A.1, A.4) and of the
 CIFAR-10 codebook-size sweep (Fig. 4; older version Sec. 3.1.2, 5.2).
 
-The DAG, per dataset (the one actually used: ``digits`` stands in for every image dataset
-in the demo preset)::
+The training part of the DAG, per dataset (the one actually used: ``digits`` stands in for
+every image dataset in the demo preset)::
 
-    prepare_data -> [fid classifier (substitute FID only)] -> fid_reference (per split)
-    prepare_data -> pretrain_ae (deferred only; ONE per dataset and architecture)
-                 -> init_codebook (k-means on embeddings of the untrained / pretrained encoder)
-                 -> train_vq (from scratch / fine-tuning the AE; optional GAN)
-                 -> evaluate (r-FID, MSE, LPIPS, codebook distance, perplexity, dead codes)
-                 -> extract_tokens (index maps of every split, for the generators)
+    data.prepare_data -> pretrain_ae (deferred only; ONE per dataset and architecture)
+                      -> init_codebook (k-means on embeddings of the untrained / pretrained encoder)
+                      -> train_vq (from scratch / fine-tuning the AE; optional GAN)
+                      -> tokenizer_eval.evaluate, tokenizer_eval.extract_tokens
 
 The two arms of a comparison differ only in the encoder the k-means runs on: both start
 from the same seed, cluster the same number of embeddings (``ratio`` x codebook size, 2:1
@@ -34,8 +32,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -44,19 +40,19 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from vqshrink import distributed
-from vqshrink.data import PREPARERS
 from vqshrink.data.prepared import DatasetError, PreparedImages
-from vqshrink.io import atomic_path, load_torch, run_record, save_json, save_npz, save_torch
+from vqshrink.io import atomic_path, load_torch, run_record, save_json, save_npz
 from vqshrink.kmeans import kmeans
 from vqshrink.metrics import codebook as cbm
 from vqshrink.metrics import fid as fidm
-from vqshrink.models.cifar_vqvae import CifarVQVAE, CifarVQVAEConfig
 from vqshrink.models.discriminator import gan_factor
 from vqshrink.models.losses import TokenizerLoss
-from vqshrink.models.vqgan import Tokenizer, VQGANConfig
+from vqshrink.models.registry import build_model, load_autoencoder, load_model, save_model
 from vqshrink.plan.schedule import epochs_to_steps
 from vqshrink.quantizers.simvq import ProjectedCodebook
 from vqshrink.stages import stage
+from vqshrink.stages.data import _images, to_uint8
+from vqshrink.stages.metric_nets import RANDOM_TRUNK_SEED, make_extractor
 from vqshrink.training import (
     SYNC_EVERY,
     ResumableState,
@@ -69,178 +65,9 @@ from vqshrink.training import (
     progress,
     seed_everything,
 )
-from vqshrink.weights import check_weights, load_lpips, torch_hub_dir
+from vqshrink.weights import check_weights, torch_hub_dir
 
 log = logging.getLogger(__name__)
-
-FAMILIES = ("vqgan", "cifar_vqvae")
-RANDOM_TRUNK_SEED = 0  # seeds LPIPS's randomly initialised trunk (offline substitute)
-SPLITS = ("train", "val", "test")
-
-
-# =============================================================================== data
-
-
-@stage
-def prepare_data(*, data: str, settings: dict, preset: str, root: str | None = None,
-                 class_list: str | None = None, image_dir: str | None = None,
-                 annotation: str | None = None) -> None:
-    """Decode, resize and split one image dataset into ``data`` (vqshrink.data.prepared)."""
-    name = settings["name"]
-    common = {"overwrite": True, "progress": True, "seed": settings["seed"]}
-    if name == "imagenet100":
-        PREPARERS[name](root, data, class_list=class_list, resolution=settings["resolution"],
-                        test_size=settings["test_size"], val_size=settings["val_size"],
-                        workers=settings["workers"], **common)
-    elif name == "odir":
-        PREPARERS[name](image_dir, annotation, data,
-                        annotation_format=settings["annotation_format"],
-                        filename_column=settings["filename_column"],
-                        label_column=settings["label_column"],
-                        multi_label=settings["multi_label"], fractions=settings["fractions"],
-                        resolution=settings["resolution"], workers=settings["workers"], **common)
-    elif name == "cifar10":
-        PREPARERS[name](settings["root"], data, download=settings["download"],
-                        val_size=settings["val_size"], **common)
-    elif name == "digits":
-        PREPARERS[name](data, resolution=settings["resolution"], **common)
-    else:
-        raise ValueError(f"unknown image dataset {name!r}; known: {sorted(PREPARERS)}")
-    meta = PreparedImages(data, "train").meta
-    log.info("prepared %s: %s at %d px", name, meta["split_sizes"], meta["resolution"])
-
-
-def _images(data: str, split: str) -> PreparedImages:
-    return PreparedImages(data, split)
-
-
-# =============================================================================== models
-
-
-def build_model(cfg: dict, *, continuous: bool = False) -> nn.Module:
-    """The tokenizer of ``cfg`` (``family`` + its config fields).
-
-    ``continuous=True``: the autoencoder of the deferred schedule's first phase, i.e. the same
-    modules with the quantizer removed, so that its weights load into any quantizer variant
-    of the same architecture (one pretraining serves them all).
-    """
-    kwargs = {k: v for k, v in cfg.items() if k != "family"}
-    family = cfg["family"]
-    if continuous:  # the quantizer is dropped below; build the cheapest one meanwhile
-        kwargs = {**kwargs, "codebook_size": 1}
-        if family == "vqgan":
-            kwargs["quantizer"] = "vq"
-    if family == "vqgan":
-        model: nn.Module = Tokenizer(VQGANConfig(**kwargs))
-    elif family == "cifar_vqvae":
-        model = CifarVQVAE(CifarVQVAEConfig(**kwargs))
-    else:
-        raise ValueError(f"unknown model family {family!r}; known: {FAMILIES}")
-    if continuous:
-        model.quantizer = None
-    return model
-
-
-def save_model(model: nn.Module, cfg: dict, path: str, **extra) -> None:
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    save_torch({"config": cfg, "model": state, **extra}, path)
-
-
-def load_model(path: str, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
-    blob = load_torch(path)
-    model = build_model(blob["config"], continuous=bool(blob.get("continuous")))
-    model.load_state_dict(blob["model"])
-    return model.to(device), blob
-
-
-def load_autoencoder(model: nn.Module, ae_state: dict) -> None:
-    """Load a continuous autoencoder's weights into a quantized model of its architecture:
-    everything but the quantizer must match exactly."""
-    missing, unexpected = model.load_state_dict(ae_state, strict=False)
-    foreign = [k for k in missing if not k.startswith("quantizer.")]
-    if foreign or unexpected:
-        raise ValueError(
-            "the autoencoder checkpoint does not fit this tokenizer: "
-            f"missing {foreign[:5]}, unexpected {list(unexpected)[:5]} "
-            "(architectures differ; pretrain an autoencoder of this architecture)"
-        )
-
-
-def to_uint8(x: Tensor) -> np.ndarray:
-    """(B, 3, H, W) in [-1, 1] -> uint8 (B, H, W, 3), rounded."""
-    y = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return y.permute(0, 2, 3, 1).cpu().numpy()
-
-
-# =============================================================================== metrics nets
-
-
-def classifier_label(dataset: str) -> str:
-    return (f"substitute: SmallClassifier trained on {dataset}/train (DAG stage), "
-            "not comparable to paper FID")
-
-
-def make_extractor(fid: dict, *, classifier: str | None, weights_dir: str | None,
-                   device: torch.device) -> fidm.FeatureExtractor:
-    """The FID feature network of ``fid`` settings: clean-fid Inception, its architecture with
-    random weights, or the substitute classifier."""
-    if fid["feature_net"] in ("inception", "inception_random"):
-        return fidm.build_extractor(fid["feature_net"], cache_dir=weights_dir, device=device)
-    if fid["feature_net"] == "classifier":
-        if classifier is None:
-            raise ValueError("substitute FID needs the trained classifier (input 'classifier')")
-        net = fidm.load_classifier(classifier, device)
-        return fidm.substitute_extractor(f"classifier-{fid['dataset']}", net, device=device,
-                                         feature_net=classifier_label(fid["dataset"]))
-    raise ValueError(f"unknown FID feature net {fid['feature_net']!r}")
-
-
-def make_lpips(lp: dict, *, weights_dir: str | None, device: torch.device) -> nn.Module:
-    """The evaluation LPIPS of ``lp`` settings (net, pretrained); a random trunk is seeded, so
-    it is the same network in every run and stage."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(RANDOM_TRUNK_SEED)
-        return load_lpips(lp["net"], cache_dir=weights_dir, pnet_rand=not lp["pretrained"],
-                          device=device)
-
-
-def lpips_label(net: str, pretrained: bool) -> str:
-    if pretrained:
-        return f"lpips v0.1 {net} (ImageNet backbone)"
-    return (f"lpips v0.1 {net}, RANDOM backbone (pnet_rand=True, seed {RANDOM_TRUNK_SEED}), "
-            "not comparable to paper LPIPS")
-
-
-@stage
-def train_fid_classifier(*, data: str, classifier: str, record: str, settings: dict,
-                         preset: str) -> None:
-    """The demo's FID feature network: a small classifier trained on the dataset's train split."""
-    train, val = _images(data, "train"), _images(data, "val")
-    net = fidm.train_classifier(np.asarray(train.images), train.labels, epochs=settings["epochs"],
-                                seed=settings["seed"], batch_size=settings["batch_size"],
-                                lr=settings["lr"])
-    acc = fidm.classifier_accuracy(net, np.asarray(val.images), val.labels)
-    fidm.save_classifier(net, classifier)
-    log.info("FID substitute classifier: val accuracy %.3f", acc)
-    save_json(run_record(preset, settings, val_accuracy=acc,
-                         feature_net=classifier_label(settings["dataset"])), record)
-
-
-@stage
-def fid_reference(*, data: str, stats: str, settings: dict, preset: str,
-                  classifier: str | None = None, weights_dir: str | None = None) -> None:
-    """Real-image FID statistics of one split: computed once, reused by every FID against it."""
-    device = pick_device(settings["device"])
-    extractor = make_extractor(settings["fid"], classifier=classifier, weights_dir=weights_dir,
-                               device=device)
-    images = _images(data, settings["split"]).images
-    ref = fidm.reference_statistics(images, extractor, batch_size=settings["fid"]["batch_size"])
-    fidm.save_statistics(stats, ref)
-    log.info("FID reference of %s/%s: %d images, %s", settings["fid"]["dataset"],
-             settings["split"], ref.n, ref.feature_net)
-
-
-# =============================================================================== training
 
 
 def make_loss(loss: dict, *, gan: bool, weights_dir: str | None,
@@ -611,158 +438,3 @@ def train_vq(*, data: str, init: str, model: str, curve: str, record: str, setti
                           "classifier": classifier})
     _finish(net, blob["config"], result, model_out=model, curve_out=curve, record=record,
             preset=preset, settings=settings)
-
-
-# =============================================================================== evaluation
-
-
-def _flat_indices(indices: Tensor | list[Tensor]) -> Tensor:
-    """Every token of a batch: (B, h, w) maps, or VAR's list of per-scale maps pooled."""
-    if isinstance(indices, (list, tuple)):
-        return torch.cat([i.reshape(len(i), -1) for i in indices], dim=1)
-    return indices.reshape(len(indices), -1)
-
-
-def _save_grid(path: str, originals: np.ndarray, recons: np.ndarray) -> None:
-    """Originals (top row) over reconstructions (bottom row), uint8 NHWC, as one PNG."""
-    from PIL import Image
-
-    top, bottom = np.concatenate(list(originals), 1), np.concatenate(list(recons), 1)
-    with atomic_path(path) as tmp:
-        Image.fromarray(np.concatenate([top, bottom], 0)).save(tmp, format="PNG")
-
-
-@stage
-def evaluate(*, data: str, model: str, metrics: str, reconstructions: str, settings: dict,
-             preset: str, ref: str | None = None, classifier: str | None = None,
-             weights_dir: str | None = None) -> None:
-    """Tokenizer metrics on one split: r-FID (against the split's reference statistics), MSE
-    and LPIPS of the reconstructions, and the codebook's mean pairwise Euclidean distance,
-    perplexity, usage and dead-code fraction over every token of the split (VAR: all scales
-    pooled). MSE is on images in [-1, 1], as trained."""
-    device = pick_device(settings["device"])
-    net, blob = load_model(model, device)
-    net.eval()
-    ds = _images(data, settings["split"])
-    fid, lp = settings["fid"], settings["lpips"]
-    extractor = ref_stats = lpips_model = None
-    if fid:
-        extractor = make_extractor(fid, classifier=classifier, weights_dir=weights_dir,
-                                   device=device)
-        ref_stats = fidm.load_statistics(ref)
-    if lp:
-        lpips_model = make_lpips(lp, weights_dir=weights_dir, device=device)
-    k = blob["config"]["codebook_size"]
-    counts = torch.zeros(k, dtype=torch.long)
-    sums = np.zeros(3)  # squared error sum, lpips sum, images
-    n_pixels = 0
-    grid: list[np.ndarray] = []
-
-    def recon_batches() -> Iterator[np.ndarray]:
-        nonlocal n_pixels
-        with torch.no_grad():
-            for x, _ in ds.batches(settings["batch_size"]):
-                x = x.to(device)
-                out = net(x, quantize=True)
-                x_hat = out.x_hat.float()
-                sums[0] += (x_hat - x).pow(2).sum().item()
-                n_pixels += x.numel()
-                if lpips_model is not None:
-                    sums[1] += lpips_model(x_hat.clamp(-1, 1), x).sum().item()
-                sums[2] += len(x)
-                counts.add_(torch.bincount(_flat_indices(out.indices).reshape(-1).cpu(),
-                                           minlength=k))
-                r = to_uint8(x_hat)
-                if not grid:
-                    grid.extend([to_uint8(x[:8]), r[:8]])
-                yield r
-
-    values: dict = {}
-    if extractor is not None:
-        stats = fidm.feature_statistics(recon_batches(), extractor,
-                                        batch_size=settings["batch_size"])
-        res = fidm.fid_from_stats(stats, ref_stats)
-        values.update(rfid=res["fid"], fid_feature_net=res["feature_net"],
-                      fid_substitute=res["substitute"], fid_reference_images=res["n_ref"])
-    else:
-        for _ in recon_batches():
-            pass
-        values.update(rfid=None, fid_feature_net=None, fid_substitute=None,
-                      fid_reference_images=None)
-    codebook = net.quantizer.codebook.detach().float().cpu()
-    values.update(
-        mse=float(sums[0] / n_pixels),
-        lpips=float(sums[1] / sums[2]) if lpips_model is not None else None,
-        lpips_backbone=lpips_label(lp["net"], lp["pretrained"]) if lp else None,
-        euclidean=cbm.mean_pairwise_distance(codebook),
-        perplexity=cbm.perplexity(counts),
-        usage=cbm.usage_fraction(counts),
-        dead_fraction=cbm.dead_code_fraction(counts),
-        codebook_size=k,
-        tokens_per_image=int(counts.sum().item() // sums[2]),
-        training_loss=blob.get("training_loss"),
-        images=int(sums[2]),
-        split=settings["split"],
-        mse_pixel_range="[-1, 1]",
-    )
-    _save_grid(reconstructions, grid[0], grid[1])
-    save_json({"settings": settings, "preset": preset, "metrics": values,
-               "model_record": str(Path(model).with_name("run.json"))}, metrics)
-    log.info("eval %s: %s", model, {k: v for k, v in values.items() if isinstance(v, float)})
-
-
-@stage
-def extract_tokens(*, data: str, model: str, tokens_train: str, tokens_val: str,
-                   tokens_test: str, meta: str, settings: dict, preset: str) -> None:
-    """The token maps of every split, the generators' input: ``(N, h, w)`` for single-scale
-    tokenizers, ``(N, L)`` for VAR (its scales small to large, each row-major, concatenated);
-    uint16 when the codebook fits, else int32. Labels stay in the prepared dataset."""
-    device = pick_device(settings["device"])
-    net, blob = load_model(model, device)
-    net.eval()
-    k = blob["config"]["codebook_size"]
-    dtype = np.uint16 if k <= 2**16 else np.int32
-    shapes = {}
-    for split, out in zip(SPLITS, (tokens_train, tokens_val, tokens_test)):
-        ds = _images(data, split)
-        arr = None
-        with atomic_path(out) as tmp:
-            start = 0
-            for x, _ in ds.batches(settings["batch_size"]):
-                idx = net.encode_indices(x.to(device))
-                idx = _flat_indices(idx) if isinstance(idx, (list, tuple)) else idx
-                idx = idx.cpu().numpy().astype(dtype)
-                if arr is None:
-                    arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype,
-                                                    shape=(len(ds), *idx.shape[1:]))
-                arr[start:start + len(idx)] = idx
-                start += len(idx)
-            arr.flush()
-            shapes[split] = list(arr.shape)
-            del arr
-    cfg = blob["config"]
-    save_json({
-        "preset": preset, "settings": settings, "data": data, "model": model,
-        "codebook_size": k, "dtype": np.dtype(dtype).name, "shapes": shapes,
-        "layout": ("(N, L): VAR scales small to large, each p x p row-major, concatenated"
-                   if cfg.get("quantizer", "").startswith("multiscale") else "(N, h, w)"),
-        "patch_nums": cfg.get("patch_nums") if cfg.get("quantizer", "").startswith("multiscale")
-        else None,
-        "labels": {s: f"{data}/{s}_labels.npy" for s in SPLITS},
-    }, meta)
-
-
-
-@stage
-def fetch_metric_weights(*, record: str, settings: dict, preset: str,
-                         weights_dir: str | None = None) -> None:
-    """Download the pretrained FID / LPIPS weights the config uses into the weight cache
-    (``metrics.weights_dir``); meant for a machine with internet (a login node)."""
-    from vqshrink.weights import fetch_weights
-
-    nets = settings["lpips_nets"] or [None]
-    paths = []
-    for i, net in enumerate(nets):
-        paths += fetch_weights(weights_dir, fid=settings["fid"] and i == 0, lpips_net=net)
-    save_json(run_record(preset, settings, weights_dir=weights_dir,
-                         files=sorted({str(p) for p in paths})), record)
