@@ -4,7 +4,7 @@ Each side runs in a fresh child process that does what a rule's script does unde
 ``--profile slurm``: the Snakemake script preamble's imports, then ``vqshrink.launch``,
 then it submits a stage and waits for it. The two sides differ in one thing:
 
-- by name (the workflow now): ``launch("synthetic.make_data", ...)``; the job imports the
+- by name (the workflow now): ``launch("vqshrink.stages.synthetic.make_data", ...)``; the job imports the
   stage's module (and torch), the waiting process does not;
 - by function (before): the waiting process imports the stage's module to hand
   ``vqshrink.stages.synthetic.make_data`` itself to submitit (torch comes with it).
@@ -37,7 +37,7 @@ by_function, submit, work = sys.argv[1] == "function", sys.argv[2] == "1", sys.a
 if by_function:
     from vqshrink.stages.synthetic import make_data as stage
 else:
-    stage = "synthetic.make_data"
+    stage = "vqshrink.stages.synthetic.make_data"
 if submit:
     settings = {"input_dim": 2, "n_clusters": 10, "points_per_cluster": 100,
                 "cluster_std": 1.0, "center_box": [-10.0, 10.0], "min_separation": 4.0,

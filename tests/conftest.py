@@ -5,9 +5,6 @@ from pathlib import Path
 
 import pytest
 
-# Test the package of the tree these tests live in, whatever else is installed.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
 # ---------------------------------------------------------------------------------------
 # SLURM test cluster (.ci/slurm-cluster.sh)
 #

@@ -19,6 +19,7 @@ import torch
 import vqshrink
 from vqshrink.data.digits import digits_images
 from vqshrink.data.prepared import SplitRows, write_prepared
+from vqshrink import training
 from vqshrink.stages import metric_nets
 
 FID = {"feature_net": "classifier", "batch_size": 64, "dataset": "digits"}
@@ -69,13 +70,13 @@ def fid_net(data, tmp_path_factory) -> dict:
             "test": str(d / "test.npz")}
 
 
-def kill_at_step(module, monkeypatch, step: int) -> list[int]:
-    """Make ``module.StepLog.add`` (called once per training step, after its update) raise
+def kill_at_step(monkeypatch, step: int) -> list[int]:
+    """Make the training loop's ``StepLog.add`` (once per step, after its update) raise
     KeyboardInterrupt at ``step``, once: a simulated kill. Returns the list of steps it sees,
     appended to."""
     seen, pending = [], [step]
 
-    class Killed(module.StepLog):
+    class Killed(training.StepLog):
         def add(self, loss, *values, epoch, step):
             seen.append(step)
             if step in pending:
@@ -83,20 +84,20 @@ def kill_at_step(module, monkeypatch, step: int) -> list[int]:
                 raise KeyboardInterrupt("simulated kill")
             super().add(loss, *values, epoch=epoch, step=step)
 
-    monkeypatch.setattr(module, "StepLog", Killed)
+    monkeypatch.setattr(training, "StepLog", Killed)
     return seen
 
 
-def nan_at_step(module, monkeypatch, at: int) -> None:
-    """Make the loss that ``module.StepLog`` watches at step ``at`` NaN (weights stay finite);
+def nan_at_step(monkeypatch, at: int) -> None:
+    """Make the loss the training loop's ``StepLog`` watches at step ``at`` NaN (weights stay finite);
     it is found at the next sync point (a state save, every SYNC_EVERY steps, the epoch's end)."""
 
-    class Poisoned(module.StepLog):
+    class Poisoned(training.StepLog):
         def add(self, loss, *values, epoch, step):
             super().add(loss * float("nan") if step == at else loss, *values, epoch=epoch,
                         step=step)
 
-    monkeypatch.setattr(module, "StepLog", Poisoned)
+    monkeypatch.setattr(training, "StepLog", Poisoned)
 
 
 HOST_READS = ("item", "tolist", "numpy", "__bool__", "__int__", "__float__", "__index__")

@@ -14,9 +14,10 @@ ROOT = Path(__file__).resolve().parents[1]
 COPY = ["Snakefile", "config.yaml", "workflow", "src", "envs", "slurm"]
 
 
-def snakemake(*args: str, cwd: Path = ROOT, check: bool = True) -> subprocess.CompletedProcess:
+def snakemake(*args: str, cwd: Path = ROOT, check: bool = True,
+              env: dict | None = None) -> subprocess.CompletedProcess:
     proc = subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=cwd,
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
     return proc

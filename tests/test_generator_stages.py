@@ -173,7 +173,7 @@ def test_resume_mid_epoch_gives_the_uninterrupted_weights(tokenizers, tmp_path, 
     """MaskGIT (random masks, class dropout, dropout) killed mid-epoch resumes bit-exactly."""
     tk = tokenizers["vq"]
     ref = train("maskgit", tk, tmp_path / "ref")
-    seen = kill_at_step(gen, monkeypatch, 8)  # 6 steps per epoch: mid epoch 2
+    seen = kill_at_step(monkeypatch, 8)  # 6 steps per epoch: mid epoch 2
     with pytest.raises(KeyboardInterrupt):
         train("maskgit", tk, tmp_path / "cut")
     state = load_torch(tmp_path / "cut" / "state" / "last.pt")
@@ -195,7 +195,7 @@ def test_state_from_before_an_upstream_change_is_not_resumed(tokenizers, tmp_pat
     tk = {**tokenizers["vq"], "train": str(tmp_path / "tokens-train.npy")}
     tokens = np.load(tokenizers["vq"]["train"])
     np.save(tk["train"], tokens)
-    seen = kill_at_step(gen, monkeypatch, 8)
+    seen = kill_at_step(monkeypatch, 8)
     with pytest.raises(KeyboardInterrupt):
         train("maskgit", tk, tmp_path / "cut")
     np.save(tk["train"], tokens[::-1].copy())
@@ -208,7 +208,7 @@ def test_state_from_before_an_upstream_change_is_not_resumed(tokenizers, tmp_pat
 def test_nan_loss_keeps_the_state_before_it(tokenizers, tmp_path, monkeypatch):
     """A state save after every step (interval 0): the check before the save after the NaN
     step stops the run, and last.pt keeps the state saved before that step."""
-    nan_at_step(gen, monkeypatch, 3)
+    nan_at_step(monkeypatch, 3)
     d = tmp_path / "nan"
     d.mkdir()
     tk = tokenizers["vq"]

@@ -43,8 +43,8 @@ def test_the_slurm_job_side_checks_the_gpu_too(tmp_path, no_cuda, monkeypatch):
     monkeypatch.setattr(vqlaunch.submitit, "JobEnvironment",
                         lambda: SimpleNamespace(num_tasks=1))
     with pytest.raises(GPUUnavailable, match="gpu=1"):
-        StageJob("selftest.dist_env", {"out_dir": str(tmp_path)}, gpu=1)()
-    assert StageJob("selftest.dist_env", {"out_dir": str(tmp_path)})()["RANK"] is None
+        StageJob("vqshrink.stages.selftest.dist_env", {"out_dir": str(tmp_path)}, gpu=1)()
+    assert StageJob("vqshrink.stages.selftest.dist_env", {"out_dir": str(tmp_path)})()["RANK"] is None
 
 
 def test_a_cpu_rule_runs_without_a_gpu(tmp_path, no_cuda):

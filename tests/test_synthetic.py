@@ -87,11 +87,12 @@ def test_baseline_and_deferred_runs_produce_outputs(tmp_path, data):
 
 def test_interrupted_training_resumes_to_the_same_result(tmp_path, data, monkeypatch):
     ref = run_vq(tmp_path, data, "ref", epochs=6)
-    kill_at_step(syn, monkeypatch, 25)
+    kill_at_step(monkeypatch, 25)
     with pytest.raises(KeyboardInterrupt):
         run_vq(tmp_path, data, "resumed", epochs=6)
     state = load_torch(tmp_path / "resumed" / "state" / "last.pt")
-    assert state["epoch"] == 2  # 10 steps per epoch: epochs 0 and 1 were saved
+    # 10 steps per epoch; saved after every step (interval 0): resumed mid-epoch 2
+    assert state["pos"] == {"epoch": 2, "batch": 5, "step": 25}
     monkeypatch.undo()
     d = tmp_path / "resumed"
     syn.train_vq(data=data, init=str(d / "init.pt"), model=str(d / "model.pt"),
@@ -105,11 +106,11 @@ def test_interrupted_training_resumes_to_the_same_result(tmp_path, data, monkeyp
 
 
 def test_nan_loss_fails_naming_the_step_and_keeps_last_good_state(tmp_path, data, monkeypatch):
-    nan_at_step(syn, monkeypatch, 23)
+    nan_at_step(monkeypatch, 23)
     with pytest.raises(NonFiniteLossError, match="at epoch 2, step 23"):
         run_vq(tmp_path, data, "nan", epochs=6)
     d = tmp_path / "nan"
-    assert load_torch(d / "state" / "last.pt")["epoch"] == 2
+    assert load_torch(d / "state" / "last.pt")["pos"] == {"epoch": 2, "batch": 3, "step": 23}
     assert not (d / "model.pt").exists()
 
 
@@ -130,7 +131,7 @@ def test_state_from_before_an_upstream_change_is_not_resumed(tmp_path, data, mon
     """Killed, then the codebook init reruns with other k-means settings (the VQ stage's own
     settings unchanged): the VQ stage starts afresh from the new init, not from old state."""
     ref = run_vq(tmp_path, data, "ref", epochs=6, kmeans_iters=1)
-    kill_at_step(syn, monkeypatch, 25)
+    kill_at_step(monkeypatch, 25)
     with pytest.raises(KeyboardInterrupt):
         run_vq(tmp_path, data, "cut", epochs=6)  # k-means with 5 iterations
     d = tmp_path / "cut"
@@ -153,12 +154,12 @@ def test_nan_loss_keeps_the_last_saved_state_and_a_rerun_resumes_there(tmp_path,
     d = tmp_path / "nan"
     syn.init_codebook(data=data, init=str(d / "init.pt"), embeddings=str(d / "emb.npz"),
                       record=str(d / "init.json"), settings=s, preset="test")
-    nan_at_step(syn, monkeypatch, 23)
+    nan_at_step(monkeypatch, 23)
     with pytest.raises(NonFiniteLossError, match="at epoch 2, step 23") as err:
         train_only(d, data, s, interval_s=0.0)
     assert str(d / "state" / "last.pt") in str(err.value)
-    kept = load_torch(d / "state" / "last.pt")
-    assert (kept["epoch"], kept["batch"], kept["step"]) == (2, 0, 20)
+    kept = load_torch(d / "state" / "last.pt")["pos"]
+    assert (kept["epoch"], kept["batch"], kept["step"]) == (2, 3, 23)
     monkeypatch.undo()
     train_only(d, data, s, interval_s=3600)
     same_models(ref, d)

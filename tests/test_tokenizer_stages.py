@@ -267,7 +267,7 @@ def test_resume_mid_epoch_gives_the_uninterrupted_weights(data, fid_net, tmp_pat
     ref = init(data, tmp_path / "ref", model, "baseline")
     train(data, ref, s, fid_net)
     cut = init(data, tmp_path / "cut", model, "baseline")
-    seen = kill_at_step(tok, monkeypatch, 9)  # 6 steps per epoch: mid epoch 2
+    seen = kill_at_step(monkeypatch, 9)  # 6 steps per epoch: mid epoch 2
     with pytest.raises(KeyboardInterrupt):
         train(data, cut, s, fid_net)
     state = load_torch(cut / "state" / "last.pt")
@@ -287,7 +287,7 @@ def test_state_from_before_an_upstream_change_is_not_resumed(data, tmp_path, mon
     model = model_cfg("vq")
     s = vq_settings(model, checkpoint="final", epochs=2)
     cut = init(data, tmp_path / "cut", model, "baseline")
-    seen = kill_at_step(tok, monkeypatch, 8)
+    seen = kill_at_step(monkeypatch, 8)
     with pytest.raises(KeyboardInterrupt):
         train(data, cut, s, None)
     other = init_settings(model, "baseline")
@@ -305,7 +305,7 @@ def test_nan_loss_keeps_the_state_before_it(data, tmp_path, monkeypatch):
     step stops the run, and last.pt keeps the state saved before that step."""
     model = model_cfg("vq")
     d = init(data, tmp_path / "nan", model, "baseline")
-    nan_at_step(tok, monkeypatch, 2)
+    nan_at_step(monkeypatch, 2)
     with pytest.raises(FloatingPointError, match=r"step 2.*kept in .*last\.pt"):
         tok.train_vq(data=data, init=str(d / "init.pt"), model=str(d / "model.pt"),
                      curve=str(d / "curve.csv"), record=str(d / "run.json"),

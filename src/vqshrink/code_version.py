@@ -1,7 +1,7 @@
 """A fingerprint of the code a stage runs, so that a code change reruns exactly its stages.
 
-Every rule names its stage (``"synthetic.train_vq"``) and carries this fingerprint as the
-Snakemake param ``code``: the module of the stage under ``vqshrink.stages`` and every
+Every rule names its stage by dotted path (``"vqshrink.stages.synthetic.train_vq"``) and
+carries this fingerprint as the Snakemake param ``code``: the module of the stage and every
 ``vqshrink`` module it imports (directly, lazily inside a function, or through a parent
 package), read as parsed syntax. A change to any of them changes the param, and Snakemake
 reruns the stage ("Params have changed since last execution") and what depends on it; a
@@ -78,8 +78,8 @@ def _parsed(name: str) -> tuple[str, frozenset[str]]:
 
 
 def modules_of(stage: str) -> list[str]:
-    """Every vqshrink module that stage ``"family.function"`` runs, sorted."""
-    start = f"{PACKAGE}.stages.{stage.rpartition('.')[0]}"
+    """Every vqshrink module that stage ``"vqshrink.stages.<module>.<function>"`` runs, sorted."""
+    start = stage.rpartition(".")[0]
     if _module_file(start) is None:
         raise ValueError(f"unknown stage {stage!r}: no module {start}")
     seen: set[str] = set()

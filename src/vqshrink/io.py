@@ -24,11 +24,14 @@ import sys
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from vqshrink.integrity import ChecksumError, verify_archive
+
+if TYPE_CHECKING:  # annotations only: torch is imported where it is used
+    import torch
 
 log = logging.getLogger(__name__)
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)

@@ -1,7 +1,7 @@
 """Run a stage: in this process, as N local processes, or as a SLURM job through submitit.
 
-A rule's script calls :func:`launch_from_snakemake` (or :func:`launch`) with a stage of
-``vqshrink.stages``, by name (``"synthetic.train_vq"``) or as the function, and its
+A rule's script calls :func:`launch_from_snakemake` (or :func:`launch`) with a stage, by
+dotted path (``"vqshrink.stages.synthetic.train_vq"``) or as the function, and its
 keyword arguments. The same Snakemake
 resources (``gpu``, ``cpus_per_task``, ``mem_mb``, ``runtime``, ``slurm_partition``,
 ``slurm_account``, ``constraint``, ``slurm_extra``) describe the job everywhere:
@@ -78,7 +78,7 @@ LOCAL_RULES = (
     "smoke_sources",
 )
 
-Stage = Callable[..., Any] | str  # a function, or its name under vqshrink.stages
+Stage = Callable[..., Any] | str  # a function, or its dotted path
 
 
 class GPUUnavailable(RuntimeError):
@@ -211,13 +211,13 @@ def make_executor(resources: Resources, *, name: str, folder: str | Path,
 
 
 def resolve_stage(stage: Stage) -> Callable[..., Any]:
-    """The stage function: ``"synthetic.train_vq"`` -> ``vqshrink.stages.synthetic.train_vq``
-    (imported here, so only where the stage runs); a function is returned as it is."""
+    """The stage function of its dotted path (``"vqshrink.stages.synthetic.train_vq"``),
+    imported here, so only where the stage runs; a function is returned as it is."""
     if callable(stage):
         return stage
     module, _, attr = stage.rpartition(".")
     try:
-        return getattr(importlib.import_module(f"vqshrink.stages.{module}"), attr)
+        return getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as err:
         raise ValueError(f"unknown stage {stage!r}: {err}") from err
 
@@ -419,7 +419,7 @@ def _spawn_local(stage: Callable[..., Any], kwargs: dict, nprocs: int) -> Any:
 
 def _stage_name(stage: Stage) -> str:
     if isinstance(stage, str):
-        return f"vqshrink.stages.{stage}"
+        return stage
     return f"{getattr(stage, '__module__', '?')}.{getattr(stage, '__qualname__', stage)}"
 
 

@@ -20,6 +20,7 @@ import random
 import sys
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from vqshrink import distributed
 from vqshrink.integrity import input_digests
 from vqshrink.io import CheckpointError, load_torch, remove_leftovers, save_torch
 
@@ -334,3 +336,211 @@ def progress(iterable, **kwargs):
     kwargs.setdefault("mininterval", 0.5 if interactive else 15.0)
     kwargs.setdefault("dynamic_ncols", True)
     return tqdm(iterable, **kwargs)
+
+
+# ---------------------------------------------------------------- the training loop
+# The layout of the states :func:`fit` writes; part of their fingerprint, so that a state
+# written by an earlier loop is set aside (``stale-*.pt``), never misread.
+STATE_FORMAT = 2
+
+class ShuffledRows:
+    """The batch order of the image and token stages: a fresh permutation per epoch, a
+    function of (seed, epoch) only (:func:`epoch_order`), full batches (the rest of the
+    split is left out of that epoch). Nothing to save: a resumed epoch redraws it."""
+
+    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.steps_per_epoch = n // batch_size
+
+    def batches(self, epoch: int) -> list[np.ndarray]:
+        order = epoch_order(self.n, self.seed, epoch)
+        bs = self.batch_size
+        return [order[i * bs:(i + 1) * bs] for i in range(self.steps_per_epoch)]
+
+    def epoch_done(self) -> None:
+        pass
+
+    def state(self) -> None:
+        return None
+
+    def load(self, state: Any) -> None:
+        pass
+
+
+class TorchShuffle:
+    """The batch order of the synthetic stages: ``torch.randperm`` from one generator seeded
+    once, every epoch's order drawn from it in turn, the last batch smaller. Its state is the
+    generator as it was before the running epoch's order was drawn (between epochs: as it is),
+    so a resumed epoch redraws the same order."""
+
+    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+        self.n, self.batch_size = n, batch_size
+        self.steps_per_epoch = math.ceil(n / batch_size)
+        self.generator = torch.Generator().manual_seed(seed)
+        self._before = self.generator.get_state()
+
+    def batches(self, epoch: int) -> list[torch.Tensor]:
+        self._before = self.generator.get_state()
+        return epoch_batches(self.n, self.batch_size, self.generator)
+
+    def epoch_done(self) -> None:
+        self._before = self.generator.get_state()
+
+    def state(self) -> torch.Tensor:
+        return self._before
+
+    def load(self, state: torch.Tensor) -> None:
+        self.generator.set_state(state)
+        self._before = state
+
+
+@dataclass
+class Loop:
+    """What a training stage gives :func:`fit`: its modules, its step and its validation.
+
+    ``step(rows, local, step, epoch)`` trains on one batch (``rows`` the whole batch's rows
+    of the split, ``local`` this rank's slice; optimiser steps included) and returns
+    ``names``' values, the loss first. ``validate()`` (rank 0 only) returns ``val_names``'
+    values; ``monitor`` is the one the plateau scheduler (from step ``plateau_from``) and
+    early stopping (from step ``early_stop_from``; 0 patience: never) watch, lower is better.
+    ``keep_best``: none, the weights of every evaluation that improved ``monitor``
+    (``"improved"``), or those of the lowest value of one validation number (its name).
+    """
+
+    what: str
+    model: torch.nn.Module
+    optimizers: dict[str, torch.optim.Optimizer]
+    order: ShuffledRows | TorchShuffle
+    epochs: int
+    names: tuple[str, ...]
+    step: Callable[..., tuple]
+    modules: dict[str, torch.nn.Module] = field(default_factory=dict)
+    plateau: Any = None
+    validate: Callable[[], list[float]] | None = None
+    val_names: tuple[str, ...] = ()
+    eval_every: int = 1
+    monitor: str | None = None
+    patience: int = 0
+    plateau_from: int = 0
+    early_stop_from: int = 0
+    keep_best: str | None = None
+    best_key: str = "best_val"
+
+
+@dataclass
+class Fitted:
+    """What :func:`fit` leaves: the curve rows, the kept best weights (or None), whether
+    early stopping ended the run, the steps taken and the state file (removed once the
+    stage's outputs are written)."""
+
+    curve: list[dict]
+    best: dict | None
+    stopped_early: bool
+    steps: int
+    state: ResumableState
+
+
+def fit(loop: Loop, *, state_dir: str, settings: Mapping[str, Any],
+        inputs: Mapping[str, str | None], checkpoint_interval_s: float, device: torch.device,
+        info: Any) -> Fitted:
+    """The one training loop: batches in ``loop.order``, split across ranks; the training
+    state (weights, optimisers, scheduler, batch order, bookkeeping and the running epoch's
+    sums) saved atomically at most every ``checkpoint_interval_s`` and at the end, and
+    resumed at step granularity, only when made with the same ``settings`` and ``inputs``
+    (:class:`ResumableState`); per epoch a curve row of the running means, validation every
+    ``eval_every`` epochs and at the last, plateau, early stopping and best weights."""
+    made_with = {**settings, "what": loop.what, "world": info.world_size, "format": STATE_FORMAT}
+    state = ResumableState(state_dir, made_with, inputs=inputs, interval_s=checkpoint_interval_s, rank=info.rank)
+    pos = {"epoch": 0, "batch": 0, "step": 0}
+    sums = None
+    book = {"curve": [], "best": None, loop.best_key: math.inf, "bad_evals": 0,
+            "stopped_early": False, "done": False}
+    if (saved := state.restore()) is not None:
+        loop.model.load_state_dict(saved["model"])
+        for name, opt in loop.optimizers.items():
+            opt.load_state_dict(saved["optimizers"][name])
+        for name, module in loop.modules.items():
+            module.load_state_dict(saved["modules"][name])
+        if loop.plateau is not None:
+            loop.plateau.load_state_dict(saved["plateau"])
+        loop.order.load(saved["order"])
+        pos, sums, book = dict(saved["pos"]), list(saved["sums"]), dict(saved["book"])
+    steps = StepLog(loop.names, device, state=state, saved=sums)
+    main_opt = next(iter(loop.optimizers.values()))
+
+    def snapshot() -> dict:
+        return {"model": loop.model.state_dict(),
+                "optimizers": {k: o.state_dict() for k, o in loop.optimizers.items()},
+                "modules": {k: m.state_dict() for k, m in loop.modules.items()},
+                "plateau": loop.plateau.state_dict() if loop.plateau is not None else None,
+                "order": loop.order.state(), "pos": dict(pos), "sums": steps.saved(),
+                "book": book}
+
+    epochs, per_epoch = loop.epochs, loop.order.steps_per_epoch
+    loop.model.train()
+    t0 = time.perf_counter()
+    bar = progress(None, desc=loop.what, disable=not info.is_main, unit="step",
+                   total=epochs * per_epoch, initial=pos["epoch"] * per_epoch + pos["batch"])
+    while not book["done"] and pos["epoch"] < epochs:
+        epoch = pos["epoch"]
+        batches = loop.order.batches(epoch)
+        while pos["batch"] < len(batches):
+            rows = batches[pos["batch"]]
+            local = rows[info.rank::info.world_size]
+            step = pos["step"]
+            values = loop.step(rows, local, step, epoch)
+            steps.add(values[0], *values, epoch=epoch, step=step)
+            pos["batch"] += 1
+            pos["step"] += 1
+            bar.update(1)
+            if pos["step"] % SYNC_EVERY == 0:
+                steps.check()
+                bar.set_postfix(loss=f"{steps.means()[0].item():.4f}", refresh=False)
+            if pos["batch"] < len(batches):
+                state.maybe_save(snapshot, before=steps.check)
+
+        # ---- end of epoch: curve row, validation, scheduler, early stopping, best weights
+        steps.check()
+        means = distributed.all_mean(steps.means())
+        row = {"epoch": epoch + 1, "step": pos["step"],
+               **{name: m.item() for name, m in zip(loop.names, means)},
+               "lr": main_opt.param_groups[0]["lr"]}
+        last_epoch = epoch + 1 == epochs
+        if loop.validate is not None and ((epoch + 1) % loop.eval_every == 0 or last_epoch):
+            values = loop.validate() if info.is_main else [math.nan] * len(loop.val_names)
+            values = dict(zip(loop.val_names, broadcast_from_main(values, device)))
+            row.update(values)
+            watched = values[loop.monitor]
+            if loop.plateau is not None and pos["step"] >= loop.plateau_from:
+                loop.plateau.step(watched)
+            improved = False
+            if pos["step"] >= loop.early_stop_from:
+                improved = early_stopping_update(book, watched, patience=loop.patience,
+                                                 last_epoch=last_epoch, key=loop.best_key)
+            if loop.keep_best == "improved":
+                better = improved
+            elif loop.keep_best is not None:
+                better = book["best"] is None or values[loop.keep_best] < book["best"]["value"]
+            else:
+                better = False
+            if better and info.is_main:
+                book["best"] = {"epoch": epoch + 1, "step": pos["step"],
+                                "value": values[loop.keep_best if loop.keep_best != "improved"
+                                                else loop.monitor],
+                                "model": {k: v.detach().cpu().clone()
+                                          for k, v in loop.model.state_dict().items()}}
+            if book["stopped_early"]:
+                log.info("%s: early stop after epoch %d (%d evaluations without a better %s)",
+                         loop.what, epoch + 1, book["bad_evals"], loop.monitor)
+        row["seconds"] = time.perf_counter() - t0
+        book["curve"].append(row)
+        log.info("%s epoch %d: %s", loop.what, epoch + 1,
+                 {k: round(v, 5) for k, v in row.items() if isinstance(v, float)})
+        pos.update(epoch=epoch + 1, batch=0)
+        loop.order.epoch_done()
+        steps.reset()
+        book["done"] = book["done"] or pos["epoch"] >= epochs
+        state.maybe_save(snapshot, force=book["done"])
+    bar.close()
+    return Fitted(curve=book["curve"], best=book["best"], stopped_early=book["stopped_early"],
+                  steps=pos["step"], state=state)

@@ -39,9 +39,13 @@ import urllib.error
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vqshrink.errors import PlainError
 from vqshrink.io import atomic_path
+
+if TYPE_CHECKING:  # annotations only: torch is imported where it is used
+    import torch
 
 INCEPTION_FILE = "inception-2015-12-05.pt"
 INCEPTION_URL = (

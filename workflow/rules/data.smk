@@ -23,7 +23,7 @@ rule prepare_dataset:
     resources:
         **plan.stage_resources("datasets"),
     params:
-        **stage_params("tokenizer.prepare_data"),
+        **stage_params("vqshrink.stages.data.prepare_data"),
         settings=plan.data_settings,
         preset=PRESET,
     script:
@@ -49,7 +49,7 @@ rule smoke_sources:
         ENV
     threads: 1
     params:
-        **stage_params("smoke.smoke_sources"),
+        **stage_params("vqshrink.stages.smoke.smoke_sources"),
         settings=config["smoke_data"],
         preset=PRESET,
     script:

@@ -29,7 +29,7 @@ rule generator_train:
     resources:
         **plan.gen_resources("train"),
     params:
-        **stage_params("generator.train"),
+        **stage_params("vqshrink.stages.generator.train"),
         settings=plan.gen_train_settings,
         preset=PRESET,
         state_dir=plan.gen_state,
@@ -60,7 +60,7 @@ rule generator_sample:
     resources:
         **plan.gen_resources("sample"),
     params:
-        **stage_params("generator.sample"),
+        **stage_params("vqshrink.stages.generator.sample"),
         settings=plan.gen_sample_settings,
         preset=PRESET,
     script:
@@ -85,7 +85,7 @@ rule generator_eval:
     resources:
         **plan.gen_resources("eval"),
     params:
-        **stage_params("generator.evaluate"),
+        **stage_params("vqshrink.stages.generator.evaluate"),
         settings=plan.gen_eval_settings,
         preset=PRESET,
         weights=True,
@@ -113,7 +113,7 @@ rule generator_table:
     conda:
         ENV
     params:
-        **stage_params("generator_report.table"),
+        **stage_params("vqshrink.stages.generator_report.table"),
         settings=plan.gen_table_settings,
         preset=PRESET,
     script:
@@ -138,7 +138,7 @@ rule fig5:
     conda:
         ENV
     params:
-        **stage_params("generator_report.fig5"),
+        **stage_params("vqshrink.stages.generator_report.fig5"),
         settings=plan.fig5_settings(),
         preset=PRESET,
     script:

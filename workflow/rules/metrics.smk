@@ -17,7 +17,7 @@ rule fetch_weights:
     conda:
         ENV
     params:
-        **stage_params("tokenizer.fetch_metric_weights"),
+        **stage_params("vqshrink.stages.metric_nets.fetch_metric_weights"),
         settings=plan.weights_to_fetch(),
         preset=PRESET,
         weights=True,
@@ -42,7 +42,7 @@ rule fid_classifier:
     resources:
         **plan.stage_resources("metrics"),
     params:
-        **stage_params("tokenizer.train_fid_classifier"),
+        **stage_params("vqshrink.stages.metric_nets.train_fid_classifier"),
         settings=plan.classifier_settings,
         preset=PRESET,
     script:
@@ -67,7 +67,7 @@ rule fid_reference:
     resources:
         **plan.stage_resources("metrics"),
     params:
-        **stage_params("tokenizer.fid_reference"),
+        **stage_params("vqshrink.stages.metric_nets.fid_reference"),
         settings=plan.fid_reference_settings,
         preset=PRESET,
         weights=True,

@@ -18,7 +18,7 @@ rule budget:
     conda:
         ENV
     params:
-        **stage_params("plan.budget"),
+        **stage_params("vqshrink.stages.plan.budget"),
         settings=lambda w: plan.budget_settings(),
         preset=PRESET,
     script:

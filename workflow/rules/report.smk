@@ -25,7 +25,7 @@ rule claims:
     conda:
         ENV
     params:
-        **stage_params("claims_report.claims"),
+        **stage_params("vqshrink.stages.claims_report.claims"),
         settings={},
         preset=PRESET,
     script:
@@ -52,7 +52,7 @@ rule training_curves:
     conda:
         ENV
     params:
-        **stage_params("generator_report.curves"),
+        **stage_params("vqshrink.stages.curves.curves"),
         settings=plan.curves_settings,
         preset=PRESET,
     script:

@@ -13,7 +13,7 @@ rule synthetic_data:
     conda:
         ENV
     params:
-        **stage_params("synthetic.make_data"),
+        **stage_params("vqshrink.stages.synthetic.make_data"),
         settings=plan.syn_data_settings,
         preset=PRESET,
     script:
@@ -37,7 +37,7 @@ rule synthetic_pretrain_ae:
     resources:
         **plan.stage_resources("synthetic"),
     params:
-        **stage_params("synthetic.pretrain_ae"),
+        **stage_params("vqshrink.stages.synthetic.pretrain_ae"),
         settings=plan.syn_ae_settings,
         preset=PRESET,
         state_dir=lambda w: plan.syn_state(w, "ae"),
@@ -65,7 +65,7 @@ rule synthetic_init_codebook:
     resources:
         **plan.stage_resources("synthetic"),
     params:
-        **stage_params("synthetic.init_codebook"),
+        **stage_params("vqshrink.stages.synthetic.init_codebook"),
         settings=plan.syn_init_settings,
         preset=PRESET,
     script:
@@ -90,7 +90,7 @@ rule synthetic_train_vq:
     resources:
         **plan.stage_resources("synthetic"),
     params:
-        **stage_params("synthetic.train_vq"),
+        **stage_params("vqshrink.stages.synthetic.train_vq"),
         settings=plan.syn_vq_settings,
         preset=PRESET,
         state_dir=lambda w: plan.syn_state(w, "vq"),
@@ -115,7 +115,7 @@ rule synthetic_eval:
     resources:
         **plan.stage_resources("synthetic"),
     params:
-        **stage_params("synthetic.evaluate"),
+        **stage_params("vqshrink.stages.synthetic.evaluate"),
         settings=plan.syn_eval_settings,
         preset=PRESET,
     script:
@@ -137,7 +137,7 @@ rule synthetic_projection:
         ENV
     threads: 1
     params:
-        **stage_params("synthetic_report.project"),
+        **stage_params("vqshrink.stages.synthetic_report.project"),
         settings={"points": 1500, "perplexity": 30.0},
         preset=PRESET,
     script:
@@ -166,7 +166,7 @@ rule synthetic_table:
     conda:
         ENV
     params:
-        **stage_params("synthetic_report.tables"),
+        **stage_params("vqshrink.stages.synthetic_report.tables"),
         settings={},
         preset=PRESET,
     script:
@@ -195,7 +195,7 @@ rule embeddings_collapse:
     conda:
         ENV
     params:
-        **stage_params("synthetic_report.embeddings_collapse"),
+        **stage_params("vqshrink.stages.synthetic_report.embeddings_collapse"),
         settings={"figure_seed": SYN["figure_seed"]},
         preset=PRESET,
     script:
@@ -223,7 +223,7 @@ rule fig2:
     conda:
         ENV
     params:
-        **stage_params("synthetic_report.fig2"),
+        **stage_params("vqshrink.stages.synthetic_report.fig2"),
         settings={"input_dims": SYN["input_dims"], "token_dims": SYN["token_dims"]},
         preset=PRESET,
     script:
@@ -274,7 +274,7 @@ rule fig3_fig6:
     conda:
         ENV
     params:
-        **stage_params("synthetic_report.fig3_fig6"),
+        **stage_params("vqshrink.stages.synthetic_report.fig3_fig6"),
         settings={},
         preset=PRESET,
     script:

@@ -30,7 +30,7 @@ rule tokenizer_pretrain_ae:
     resources:
         **plan.tok_resources("train"),
     params:
-        **stage_params("tokenizer.pretrain_ae"),
+        **stage_params("vqshrink.stages.tokenizer.pretrain_ae"),
         settings=plan.tok_ae_settings,
         preset=PRESET,
         state_dir=lambda w: plan.tok_state(w, "ae"),
@@ -58,7 +58,7 @@ rule tokenizer_init_codebook:
     resources:
         **plan.tok_resources("init"),
     params:
-        **stage_params("tokenizer.init_codebook"),
+        **stage_params("vqshrink.stages.tokenizer.init_codebook"),
         settings=plan.tok_init_settings,
         preset=PRESET,
     script:
@@ -86,7 +86,7 @@ rule tokenizer_train_vq:
     resources:
         **plan.tok_resources("train"),
     params:
-        **stage_params("tokenizer.train_vq"),
+        **stage_params("vqshrink.stages.tokenizer.train_vq"),
         settings=plan.tok_train_settings,
         preset=PRESET,
         state_dir=lambda w: plan.tok_state(w, "vq"),
@@ -116,7 +116,7 @@ rule tokenizer_eval:
     resources:
         **plan.tok_resources("eval"),
     params:
-        **stage_params("tokenizer.evaluate"),
+        **stage_params("vqshrink.stages.tokenizer_eval.evaluate"),
         settings=plan.tok_eval_settings,
         preset=PRESET,
         weights=True,
@@ -144,7 +144,7 @@ rule tokenizer_tokens:
     resources:
         **plan.tok_resources("eval"),
     params:
-        **stage_params("tokenizer.extract_tokens"),
+        **stage_params("vqshrink.stages.tokenizer_eval.extract_tokens"),
         settings=plan.tok_tokens_settings,
         preset=PRESET,
     script:
@@ -171,7 +171,7 @@ rule tokenizer_table:
     conda:
         ENV
     params:
-        **stage_params("tokenizer_report.table"),
+        **stage_params("vqshrink.stages.tokenizer_report.table"),
         settings=plan.tok_table_settings,
         preset=PRESET,
     script:
@@ -201,7 +201,7 @@ rule fig4:
     conda:
         ENV
     params:
-        **stage_params("tokenizer_report.fig4"),
+        **stage_params("vqshrink.stages.tokenizer_report.fig4"),
         settings=plan.fig4_settings(),
         preset=PRESET,
     script:

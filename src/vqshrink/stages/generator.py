@@ -24,8 +24,6 @@ best_val_loss``; ``final`` keeps the last ones).
 from __future__ import annotations
 
 import logging
-import math
-import time
 from pathlib import Path
 
 import numpy as np
@@ -45,12 +43,9 @@ from vqshrink.stages import stage
 from vqshrink.stages.data import to_uint8
 from vqshrink.stages.metric_nets import lpips_label, make_extractor, make_lpips
 from vqshrink.training import (
-    SYNC_EVERY,
-    ResumableState,
-    StepLog,
-    broadcast_from_main,
-    early_stopping_update,
-    epoch_order,
+    Loop,
+    ShuffledRows,
+    fit,
     pick_device,
     progress,
     seed_everything,
@@ -175,105 +170,45 @@ def train(*, tokens_train: str, tokens_val: str, meta: str, tokenizer: str, mode
     inputs = {"tokens_train": tokens_train, "tokens_val": tokens_val, "meta": meta,
               "tokenizer": tokenizer, "labels_train": tok_meta["labels"]["train"],
               "labels_val": tok_meta["labels"]["val"]}
-    state = ResumableState(state_dir, {**settings, "world": info.world_size}, inputs=inputs,
-                           interval_s=checkpoint_interval_s, rank=info.rank)
-    pos = {"epoch": 0, "batch": 0, "step": 0}
-    sums = None  # the running epoch's sums and batches (StepLog.saved)
-    book = {"curve": [], "best": None, "best_val": math.inf, "bad_evals": 0,
-            "stopped_early": False, "done": False}
-    if (saved := state.restore()) is not None:
-        net.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["optimizer"])
-        if plateau is not None:
-            plateau.load_state_dict(saved["plateau"])
-        pos, sums, book = dict(saved["pos"]), list(saved["sums"]), dict(saved["book"])
-    steps = StepLog(("loss", "acc"), device, state=state, saved=sums)
 
-    def snapshot() -> dict:
-        snap = {"model": net.state_dict(), "optimizer": opt.state_dict(), "pos": dict(pos),
-                "sums": steps.saved(), "book": book}
-        if plateau is not None:
-            snap["plateau"] = plateau.state_dict()
-        return snap
+    def train_step(rows: np.ndarray, local: np.ndarray, step: int, epoch: int) -> tuple:
+        tokens, labels = train_set.batch(local, device)
+        if step < warmup:  # linear warm-up, then the plateau schedule
+            for g in opt.param_groups:
+                g["lr"] = opt_cfg["lr"] * (step + 1) / warmup
+        torch.manual_seed(step_seed(seed, step, info.rank))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            out = ddp(tokens, labels)
+        loss = out["loss"].float()
+        opt.zero_grad(set_to_none=True)
+        (loss * (len(local) * info.world_size / len(rows))).backward()
+        if opt_cfg["grad_clip"]:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), opt_cfg["grad_clip"])
+        opt.step()
+        return loss, out["acc"].float()
 
-    net.train()
-    t0 = time.perf_counter()
-    bar = progress(None, total=epochs * steps_per_epoch,
-                   initial=pos["epoch"] * steps_per_epoch + pos["batch"], desc=family,
-                   disable=not info.is_main, unit="step")
-    while not book["done"] and pos["epoch"] < epochs:
-        epoch = pos["epoch"]
-        order = epoch_order(n, seed, epoch)
-        while pos["batch"] < steps_per_epoch:
-            rows = order[pos["batch"] * bs:(pos["batch"] + 1) * bs]
-            local = rows[info.rank::info.world_size]
-            tokens, labels = train_set.batch(local, device)
-            step = pos["step"]
-            if step < warmup:  # linear warm-up, then the plateau schedule
-                for g in opt.param_groups:
-                    g["lr"] = opt_cfg["lr"] * (step + 1) / warmup
-            torch.manual_seed(step_seed(seed, step, info.rank))
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                out = ddp(tokens, labels)
-            loss = out["loss"].float()
-            opt.zero_grad(set_to_none=True)
-            (loss * (len(local) * info.world_size / len(rows))).backward()
-            if opt_cfg["grad_clip"]:
-                torch.nn.utils.clip_grad_norm_(net.parameters(), opt_cfg["grad_clip"])
-            opt.step()
-            steps.add(loss, loss, out["acc"].float(), epoch=epoch, step=step)
-            pos["batch"] += 1
-            pos["step"] += 1
-            bar.update(1)
-            if pos["step"] % SYNC_EVERY == 0:
-                steps.check()
-                bar.set_postfix(loss=f"{steps.means()[0].item():.4f}", refresh=False)
-            if pos["batch"] < steps_per_epoch:
-                state.maybe_save(snapshot, before=steps.check)
+    def validate() -> list[float]:
+        return list(_validate(net, val_set, batch_size=bs, seed=seed, device=device, amp=amp))
 
-        # ---- end of epoch: curve row, validation, plateau, early stopping, best weights
-        steps.check()
-        means = distributed.all_mean(steps.means())
-        row = {"epoch": epoch + 1, "step": pos["step"], "loss": means[0].item(),
-               "acc": means[1].item(), "lr": opt.param_groups[0]["lr"]}
-        last_epoch = epoch + 1 == epochs
-        if (epoch + 1) % tr["eval_every_epochs"] == 0 or last_epoch:
-            values = [math.nan, math.nan]
-            if info.is_main:
-                values = list(_validate(net, val_set, batch_size=bs, seed=seed, device=device,
-                                        amp=amp))
-            val_loss, val_acc = broadcast_from_main(values, device)
-            row.update(val_loss=val_loss, val_acc=val_acc)
-            if plateau is not None and pos["step"] >= warmup:
-                plateau.step(val_loss)
-            improved = early_stopping_update(book, val_loss, last_epoch=last_epoch,
-                                             patience=tr["early_stopping_patience"])
-            if improved and info.is_main:
-                book["best"] = {"epoch": epoch + 1, "val_loss": val_loss,
-                                "model": {k: v.detach().cpu().clone()
-                                          for k, v in net.state_dict().items()}}
-            if book["stopped_early"]:
-                log.info("%s: early stop after epoch %d", what, epoch + 1)
-        row["seconds"] = time.perf_counter() - t0
-        book["curve"].append(row)
-        log.info("%s epoch %d: %s", what, epoch + 1,
-                 {k: round(v, 5) for k, v in row.items() if isinstance(v, float)})
-        pos.update(epoch=epoch + 1, batch=0)
-        steps.reset()
-        book["done"] = book["done"] or pos["epoch"] >= epochs
-        state.maybe_save(snapshot, force=book["done"])
-    bar.close()
+    loop = Loop(what=what, model=net, optimizers={"adamw": opt}, plateau=plateau,
+                order=ShuffledRows(n, bs, seed), epochs=epochs, step=train_step,
+                names=("loss", "acc"), validate=validate, val_names=("val_loss", "val_acc"),
+                eval_every=tr["eval_every_epochs"], monitor="val_loss",
+                patience=tr["early_stopping_patience"], plateau_from=warmup,
+                keep_best="improved")
+    fitted = fit(loop, state_dir=state_dir, settings=settings, inputs=inputs,
+                 checkpoint_interval_s=checkpoint_interval_s, device=device, info=info)
 
     if info.is_main:
-        best, chosen = book["best"], "final"
+        best, chosen = fitted.best, "final"
         if tr["checkpoint"] == "best_val_loss" and best is not None:
             net.load_state_dict(best["model"])
-            chosen = f"best validation loss (epoch {best['epoch']}, {best['val_loss']:.4g})"
+            chosen = f"best validation loss (epoch {best['epoch']}, {best['value']:.4g})"
         save_generator(net, family, cfg, model, tokenizer=tokenizer, checkpoint=chosen)
         with atomic_path(curve) as tmp:
-            pd.DataFrame(book["curve"]).to_csv(tmp, index=False)
-        save_json(run_record(preset, settings, epochs_run=len(book["curve"]), steps=pos["step"],
-                             stopped_early=book["stopped_early"], checkpoint=chosen,
+            pd.DataFrame(fitted.curve).to_csv(tmp, index=False)
+        save_json(run_record(preset, settings, epochs_run=len(fitted.curve), steps=fitted.steps,
+                             stopped_early=fitted.stopped_early, checkpoint=chosen,
                              parameters=sum(p.numel() for p in net.parameters()
                                             if p.requires_grad),
                              num_classes=num_classes, tokenizer=tokenizer,
@@ -281,7 +216,7 @@ def train(*, tokens_train: str, tokens_val: str, meta: str, tokenizer: str, mode
                              codebook_size=tok_meta["codebook_size"],
                              tokens_per_image=int(np.prod(tok_meta["shapes"]["train"][1:])),
                              tokenizer_loss=tok_blob.get("training_loss")), record)
-        state.path.unlink(missing_ok=True)
+        fitted.state.path.unlink(missing_ok=True)
     distributed.teardown()
 
 

@@ -15,7 +15,6 @@ number of embeddings, so the encoder the codebook is fitted to is the only diffe
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 import numpy as np
@@ -30,15 +29,7 @@ from vqshrink.kmeans import kmeans
 from vqshrink.metrics import codebook as cbm
 from vqshrink.models.mlp_vqvae import MLPVQVAE, MLPVQVAEConfig
 from vqshrink.stages import stage
-from vqshrink.training import (
-    SYNC_EVERY,
-    ResumableState,
-    StepLog,
-    epoch_batches,
-    pick_device,
-    progress,
-    seed_everything,
-)
+from vqshrink.training import Loop, TorchShuffle, fit, pick_device, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -82,78 +73,35 @@ def _fit(
     what: str,
     inputs: dict[str, str | None],
 ) -> list[dict]:
-    """Train ``model`` on ``x`` for ``epochs`` epochs; resumable at any step.
+    """Train ``model`` on ``x`` for ``epochs`` epochs (:func:`vqshrink.training.fit`).
 
     Loss: MSE reconstruction, plus the quantizer's commitment loss when ``quantize``.
     Under DDP every rank draws the same shuffled batch and trains on its slice; local
     losses are weighted by slice size so the averaged gradient is the full batch's.
-    The state records the batch generator as it was when the running epoch's order was
-    drawn, so a resumed epoch redraws the same order and skips the batches done.
-    ``inputs`` (name -> file) tie the state to the files it was made from.
+    ``inputs`` (name -> file) tie the training state to the files it was made from.
     """
     device = x.device
     info = distributed.setup(device)
-    state = ResumableState(state_dir, {**settings, "what": what, "world": info.world_size},
-                           inputs=inputs, interval_s=checkpoint_interval_s, rank=info.rank)
     net = DistributedDataParallel(model, broadcast_buffers=False) if info.enabled else model
     # fused: one kernel for all parameters (about 2x faster steps for this tiny MLP on CPU)
     opt = torch.optim.AdamW(model.parameters(), lr=settings["lr"],
                             weight_decay=settings["weight_decay"], fused=True)
-    gen = torch.Generator().manual_seed(settings["seed"])
-    curve: list[dict] = []
-    pos = {"epoch": 0, "batch": 0, "step": 0}  # epochs done, batches of the next done, steps
-    sums = None  # loss, mse, vq loss, perplexity of the running epoch (StepLog.saved)
-    if (saved := state.restore()) is not None:
-        model.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["optimizer"])
-        gen.set_state(saved["generator"])
-        pos = {k: saved.get(k, 0) for k in pos}
-        sums = saved.get("sums")
-        curve = list(saved["curve"])
-    if sums is not None and len(sums) == 4:  # states from before the step count was kept
-        sums = [*sums, float(pos["batch"])]
-    steps = StepLog(("loss", "mse", "vq_loss", "perplexity"), device, state=state, saved=sums)
-    epoch_rng = gen.get_state()  # the generator before the running epoch's order was drawn
 
-    def snapshot() -> dict:
-        return {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                "generator": epoch_rng, **pos, "sums": steps.saved(), "curve": curve}
+    def train_step(rows: torch.Tensor, local: torch.Tensor, step: int, epoch: int) -> tuple:
+        xb = x[local.to(device)]
+        out = net(xb, quantize=quantize)
+        mse = F.mse_loss(out.x_hat, xb)
+        loss = mse + out.vq_loss
+        opt.zero_grad(set_to_none=True)
+        (loss * (len(local) * info.world_size / len(rows))).backward()
+        opt.step()
+        return loss, mse, out.vq_loss, out.perplexity
 
-    model.train()
-    t0 = time.perf_counter()
-    bar = progress(range(pos["epoch"], epochs), desc=what, initial=pos["epoch"], total=epochs,
-                   disable=not info.is_main)
-    for epoch in bar:
-        epoch_rng = gen.get_state()
-        batches = epoch_batches(len(x), settings["batch_size"], gen)
-        for batch in batches[pos["batch"]:]:
-            step = pos["step"]
-            local = batch[info.rank :: info.world_size].to(device)
-            xb = x[local]
-            out = net(xb, quantize=quantize)
-            mse = F.mse_loss(out.x_hat, xb)
-            loss = mse + out.vq_loss
-            weight = len(local) * info.world_size / len(batch)
-            opt.zero_grad(set_to_none=True)
-            (loss * weight).backward()
-            opt.step()
-            pos.update(batch=pos["batch"] + 1, step=step + 1)
-            steps.add(loss, loss, mse, out.vq_loss, out.perplexity, epoch=epoch, step=step)
-            if pos["step"] % SYNC_EVERY == 0:
-                steps.check()
-        steps.check()
-        means = distributed.all_mean(steps.sums / len(batches))
-        row = {"epoch": epoch + 1, "step": pos["step"], "loss": means[0].item(),
-               "mse": means[1].item(), "vq_loss": means[2].item(),
-               "perplexity": means[3].item(), "lr": opt.param_groups[0]["lr"],
-               "seconds": time.perf_counter() - t0}
-        curve.append(row)
-        bar.set_postfix(loss=f"{row['loss']:.4f}", ppl=f"{row['perplexity']:.1f}", refresh=False)
-        pos.update(epoch=epoch + 1, batch=0)
-        steps.reset()
-        epoch_rng = gen.get_state()
-        state.maybe_save(snapshot, force=epoch + 1 == epochs)
-    return curve
+    loop = Loop(what=what, model=model, optimizers={"adamw": opt}, epochs=epochs, step=train_step,
+                order=TorchShuffle(len(x), settings["batch_size"], settings["seed"]),
+                names=("loss", "mse", "vq_loss", "perplexity"))
+    return fit(loop, state_dir=state_dir, settings=settings, inputs=inputs,
+               checkpoint_interval_s=checkpoint_interval_s, device=device, info=info).curve
 
 
 def _finish_training(model: MLPVQVAE, curve: list[dict], *, model_out: str, curve_out: str,

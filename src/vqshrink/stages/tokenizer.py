@@ -30,8 +30,6 @@ decoder are switched by config and only act on CUDA; CPU runs are float32.
 from __future__ import annotations
 
 import logging
-import math
-import time
 
 import numpy as np
 import torch
@@ -54,15 +52,11 @@ from vqshrink.stages import stage
 from vqshrink.stages.data import _images, to_uint8
 from vqshrink.stages.metric_nets import RANDOM_TRUNK_SEED, make_extractor
 from vqshrink.training import (
-    SYNC_EVERY,
-    ResumableState,
-    StepLog,
-    broadcast_from_main,
+    Loop,
+    ShuffledRows,
     cosine_lr,
-    early_stopping_update,
-    epoch_order,
+    fit,
     pick_device,
-    progress,
     seed_everything,
 )
 from vqshrink.weights import check_weights, torch_hub_dir
@@ -183,128 +177,58 @@ def _fit(model: nn.Module, train: PreparedImages, val: PreparedImages, *, quanti
         fid = (extractor, fidm.load_statistics(fid_inputs["val_ref"]))
 
     total_steps = epochs * steps_per_epoch
-    seed = settings["seed"]
 
-    state = ResumableState(state_dir, {**settings, "what": what, "world": info.world_size},
-                           inputs=inputs, interval_s=checkpoint_interval_s, rank=info.rank)
-    pos = {"epoch": 0, "batch": 0, "step": 0}
-    sums = None  # the running epoch's sums and batches (StepLog.saved)
-    book = {"curve": [], "best": None, "best_val_rec": math.inf, "bad_evals": 0,
-            "stopped_early": False, "done": False}
-    if (saved := state.restore()) is not None:
-        model.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["optimizer"])
-        if d_opt is not None:
-            disc.load_state_dict(saved["discriminator"])
-            d_opt.load_state_dict(saved["d_optimizer"])
-        if plateau is not None:
-            plateau.load_state_dict(saved["plateau"])
-        pos, sums, book = dict(saved["pos"]), list(saved["sums"]), dict(saved["book"])
-    steps = StepLog(("loss", "mse", "lpips", "vq_loss", "perplexity", "g_loss", "d_loss"),
-                    device, state=state, saved=sums)
-
-    def snapshot() -> dict:
-        snap = {"model": model.state_dict(), "optimizer": opt.state_dict(), "pos": dict(pos),
-                "sums": steps.saved(), "book": book}
-        if d_opt is not None:
-            snap.update(discriminator=disc.state_dict(), d_optimizer=d_opt.state_dict())
-        if plateau is not None:
-            snap["plateau"] = plateau.state_dict()
-        return snap
-
-    model.train()  # the LPIPS net stays in eval mode (no dropout); the discriminator trains
-    t0 = time.perf_counter()
-    bar = progress(None, total=total_steps, initial=pos["epoch"] * steps_per_epoch + pos["batch"],
-                   desc=what, disable=not info.is_main, unit="step")
-    while not book["done"] and pos["epoch"] < epochs:
-        epoch = pos["epoch"]
-        order = epoch_order(n, seed, epoch)
-        while pos["batch"] < steps_per_epoch:
-            rows = order[pos["batch"] * bs:(pos["batch"] + 1) * bs]
-            local = rows[info.rank::info.world_size]
-            x = train.get_batch(local)[0].to(device, non_blocking=True)
-            step = pos["step"]
-            if tr["scheduler"] == "cosine":
-                for g in opt.param_groups:
-                    g["lr"] = cosine_lr(step, total_steps, tr["lr"], tr["min_lr"],
-                                        tr["warmup_steps"])
+    def train_step(rows: np.ndarray, local: np.ndarray, step: int, epoch: int) -> tuple:
+        x = train.get_batch(local)[0].to(device, non_blocking=True)
+        if tr["scheduler"] == "cosine":
+            for g in opt.param_groups:
+                g["lr"] = cosine_lr(step, total_steps, tr["lr"], tr["min_lr"], tr["warmup_steps"])
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            out = net(x, quantize=quantize)
+            parts = loss_fn(x, out.x_hat, out.vq_loss, step=step, last_layer=model.last_layer)
+        loss = parts["loss"]
+        weight = len(local) * info.world_size / len(rows)
+        opt.zero_grad(set_to_none=True)
+        (loss * weight).backward()
+        if tr["grad_clip"]:
+            torch.nn.utils.clip_grad_norm_(params, tr["grad_clip"])
+        opt.step()
+        d_loss = 0.0
+        # decided on the host from the step (TokenizerLoss.gan_factor is this number)
+        if gan and gan_factor(step, loss_fn.disc_start, loss_fn.disc_factor) > 0:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                out = net(x, quantize=quantize)
-                parts = loss_fn(x, out.x_hat, out.vq_loss, step=step,
-                                last_layer=model.last_layer)
-            loss = parts["loss"]
-            weight = len(local) * info.world_size / len(rows)
-            opt.zero_grad(set_to_none=True)
-            (loss * weight).backward()
-            if tr["grad_clip"]:
-                torch.nn.utils.clip_grad_norm_(params, tr["grad_clip"])
-            opt.step()
-            d_loss = 0.0
-            # decided on the host from the step (TokenizerLoss.gan_factor is this number)
-            if gan and gan_factor(step, loss_fn.disc_start, loss_fn.disc_factor) > 0:
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    d = loss_fn.discriminator_loss(x, out.x_hat, step=step)
-                d_opt.zero_grad(set_to_none=True)
-                (d["loss"] * weight).backward()
-                if info.enabled:
-                    for p in disc.parameters():
-                        if p.grad is not None:
-                            dist.all_reduce(p.grad)
-                            p.grad /= info.world_size
-                d_opt.step()
-                d_loss = d["loss"]
-            steps.add(loss, loss, parts["mse"], parts["lpips"], parts["vq"], out.perplexity,
-                      parts.get("g_loss", 0.0), d_loss, epoch=epoch, step=step)
-            pos["batch"] += 1
-            pos["step"] += 1
-            bar.update(1)
-            if pos["step"] % SYNC_EVERY == 0:
-                steps.check()
-                m = steps.means().tolist()
-                bar.set_postfix(loss=f"{m[0]:.4f}", ppl=f"{m[4]:.1f}", refresh=False)
-            if pos["batch"] < steps_per_epoch:
-                state.maybe_save(snapshot, before=steps.check)
+                d = loss_fn.discriminator_loss(x, out.x_hat, step=step)
+            d_opt.zero_grad(set_to_none=True)
+            (d["loss"] * weight).backward()
+            if info.enabled:
+                for p in disc.parameters():
+                    if p.grad is not None:
+                        dist.all_reduce(p.grad)
+                        p.grad /= info.world_size
+            d_opt.step()
+            d_loss = d["loss"]
+        return (loss, parts["mse"], parts["lpips"], parts["vq"], out.perplexity,
+                parts.get("g_loss", 0.0), d_loss)
 
-        # ---- end of epoch: curve row, validation, scheduler, early stopping, best weights
-        steps.check()
-        means = distributed.all_mean(steps.means())
-        row = {"epoch": epoch + 1, "step": pos["step"], "loss": means[0].item(),
-               "mse": means[1].item(), "lpips": means[2].item(), "vq_loss": means[3].item(),
-               "perplexity": means[4].item(), "g_loss": means[5].item(),
-               "d_loss": means[6].item(), "lr": opt.param_groups[0]["lr"]}
-        last_epoch = epoch + 1 == epochs
-        if (epoch + 1) % tr["eval_every_epochs"] == 0 or last_epoch:
-            values = [math.nan] * 4
-            if info.is_main:
-                v = _validate(model, loss_fn, val, quantize=quantize, settings=settings,
-                              device=device, amp=amp, fid=fid)
-                values = [v["val_mse"], v["val_lpips"], v["val_rec"], v["val_fid"]]
-            values = broadcast_from_main(values, device)
-            row.update(val_mse=values[0], val_lpips=values[1], val_rec=values[2],
-                       val_fid=values[3])
-            if plateau is not None:
-                plateau.step(values[2])
-            if not gan or pos["step"] > disc_start_step:
-                early_stopping_update(book, values[2], patience=tr["early_stopping_patience"],
-                                      last_epoch=last_epoch, key="best_val_rec")
-            if best_mode and info.is_main and (book["best"] is None
-                                               or values[3] < book["best"]["val_fid"]):
-                book["best"] = {"epoch": epoch + 1, "step": pos["step"], "val_fid": values[3],
-                                "model": {k: v.detach().cpu().clone()
-                                          for k, v in model.state_dict().items()}}
-            if book["stopped_early"]:
-                log.info("%s: early stop after epoch %d (%d evaluations without a better "
-                         "validation loss)", what, epoch + 1, book["bad_evals"])
-        row["seconds"] = time.perf_counter() - t0
-        book["curve"].append(row)
-        pos.update(epoch=epoch + 1, batch=0)
-        steps.reset()
-        if pos["epoch"] >= epochs:
-            book["done"] = True
-        state.maybe_save(snapshot, force=book["done"])
-    bar.close()
-    return {"curve": book["curve"], "best": book["best"], "stopped_early": book["stopped_early"],
-            "steps": pos["step"], "state": state, "loss": loss_fn.describe()}
+    def validate() -> list[float]:
+        v = _validate(model, loss_fn, val, quantize=quantize, settings=settings, device=device,
+                      amp=amp, fid=fid)
+        return [v["val_mse"], v["val_lpips"], v["val_rec"], v["val_fid"]]
+
+    loop = Loop(what=what, model=model, optimizers={"adam": opt, **({"disc": d_opt} if gan else {})},
+                modules={"discriminator": disc} if gan else {}, plateau=plateau,
+                order=ShuffledRows(n, bs, settings["seed"]), epochs=epochs, step=train_step,
+                names=("loss", "mse", "lpips", "vq_loss", "perplexity", "g_loss", "d_loss"),
+                validate=validate, val_names=("val_mse", "val_lpips", "val_rec", "val_fid"),
+                eval_every=tr["eval_every_epochs"], monitor="val_rec",
+                patience=tr["early_stopping_patience"],
+                # GAN variants: counted from the first evaluation after the discriminator started
+                early_stop_from=disc_start_step + 1 if gan else 0,
+                keep_best="val_fid" if best_mode else None)
+    fitted = fit(loop, state_dir=state_dir, settings=settings, inputs=inputs,
+                 checkpoint_interval_s=checkpoint_interval_s, device=device, info=info)
+    return {"curve": fitted.curve, "best": fitted.best, "stopped_early": fitted.stopped_early,
+            "steps": fitted.steps, "state": fitted.state, "loss": loss_fn.describe()}
 
 
 def _finish(model: nn.Module, cfg: dict, result: dict, *, model_out: str, curve_out: str,
@@ -321,7 +245,7 @@ def _finish(model: nn.Module, cfg: dict, result: dict, *, model_out: str, curve_
         extra = {"continuous": continuous, "training_loss": result["loss"]}
         if settings.get("checkpoint") == "best_val_fid" and best is not None:
             model.load_state_dict(best["model"])
-            chosen = f"best validation FID (epoch {best['epoch']}, FID {best['val_fid']:.4g})"
+            chosen = f"best validation FID (epoch {best['epoch']}, FID {best['value']:.4g})"
         save_model(model, cfg, model_out, **extra)
         with atomic_path(curve_out) as tmp:
             pd.DataFrame(result["curve"]).to_csv(tmp, index=False)
@@ -329,7 +253,7 @@ def _finish(model: nn.Module, cfg: dict, result: dict, *, model_out: str, curve_
                              steps=result["steps"], stopped_early=result["stopped_early"],
                              checkpoint=chosen, training_loss=result["loss"],
                              best_epoch=best["epoch"] if best else None,
-                             best_val_fid=best["val_fid"] if best else None), record)
+                             best_val_fid=best["value"] if best else None), record)
         result["state"].path.unlink(missing_ok=True)
     distributed.teardown()
 
