@@ -47,24 +47,22 @@ import argparse
 import copy
 import json
 import logging
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+import torch
+import yaml
+
+from vqshrink.config import deep_merge
+from vqshrink.io import load_torch
+from vqshrink.metrics.codebook import mean_pairwise_distance
+from vqshrink.plan.experiments import SYN_DATA_KEYS, Plan
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
 
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-import yaml  # noqa: E402
-
-from vqshrink.config import deep_merge  # noqa: E402
-from vqshrink.io import load_torch  # noqa: E402
-from vqshrink.metrics.codebook import mean_pairwise_distance  # noqa: E402
-
-SYN_DATA_KEYS = ("n_clusters", "points_per_cluster", "cluster_std", "center_box",
-                 "min_separation", "data_seed")
 SYN_CHOICES = {  # name -> overrides of the synthetic section
     "default": {},
     "kmeans_init=kmeans++": {"kmeans_init": "kmeans++"},
@@ -190,43 +188,25 @@ def syn_jobs(cfg: dict, work: Path, dims: list[int], seeds: list[int],
 
 # ------------------------------------------------------------------------------ tokenizers
 def tok_settings(cfg: dict, variant: str, over: dict, seed: int, sweep_size: int | None) -> dict:
-    """The settings the DAG's tokenizer stages get (workflow/rules/common.smk), for one
-    variant of the demo preset with ``over`` merged into its config section."""
+    """The settings the DAG's tokenizer stages get (the plan's), for one variant of the demo
+    preset with ``over`` and ``seed`` merged into its config section; weights are kept at the
+    end of training and evaluation skips FID and LPIPS (this study reads MSE and the codes)."""
     sweep = variant == "sweep"
-    exp = deep_merge(cfg["vqvae_sweep" if sweep else "tokenizers"], over)
-    res = cfg["datasets"]["digits"]["resolution"]
-    if sweep:
-        arch = {**exp["architecture"], "resolution": res}
-        model = {**arch, "codebook_size": sweep_size, "beta": exp["beta"],
-                 "ema_decay": exp["ema_decay"], "ema_smoothing": exp["ema_smoothing"]}
-        quantizer, gan = "vq_ema", False
-    else:
-        spec = exp["variants"][variant]
-        quantizer, gan = spec["quantizer"], spec["gan"]
-        arch = {**exp["architectures"][spec["architecture"]], "resolution": res}
-        model = {**arch, "quantizer": quantizer, "codebook_size": exp["codebook_size"],
-                 "beta": exp["beta"]}
-        if quantizer.startswith("multiscale"):
-            model["patch_nums"] = exp["patch_nums"]
-    t = exp["training"]
-    common = {k: v for k, v in t.items() if k not in ("epochs", "scheduler")}
+    layer = {"vqvae_sweep" if sweep else "tokenizers": {**over, "seed": seed},
+             "datasets": {"digits": {"checkpoint": "final"}}}
+    plan = Plan(deep_merge(cfg, layer))
+    v = f"vqvae-k{sweep_size}" if sweep else variant
+    arch = plan.variant_spec(v)["architecture"]
 
-    def train(phase: str) -> dict:
-        return {**common, "epochs": t["epochs"][phase], "scheduler": t["scheduler"][phase]}
+    def run(schedule: str) -> SimpleNamespace:
+        return SimpleNamespace(dataset="digits", variant=v, schedule=schedule)
 
-    init = {"model": model, "kmeans": exp["kmeans"], "seed": seed,
-            "batch_size": t["batch_size"], "device": t["device"]}
-    if "simvq" in quantizer:
-        init["simvq_init"] = exp["simvq_init"]
     return {
-        "ae": {"model": arch, "loss": {**exp["loss"], "gan": False}, "train": train("pretrain"),
-               "seed": seed, "checkpoint": "final"},
-        "init": init,
-        "train": {phase: {"model": model, "loss": {**exp["loss"], "gan": gan},
-                          "train": train(phase), "seed": seed, "checkpoint": "final"}
-                  for phase in ("baseline", "finetune")},
-        "eval": {"split": "test", "fid": None, "lpips": None, "batch_size": 64,
-                 "device": t["device"]},
+        "ae": plan.tok_ae_settings(SimpleNamespace(dataset="digits", arch=arch)),
+        "init": plan.tok_init_settings(run("baseline")),
+        "train": {"baseline": plan.tok_train_settings(run("baseline")),
+                  "finetune": plan.tok_train_settings(run("deferred"))},
+        "eval": {**plan.tok_eval_settings(run("baseline")), "fid": None, "lpips": None},
     }
 
 

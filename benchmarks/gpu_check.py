@@ -40,19 +40,19 @@ import gc
 import math
 import re
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+from vqshrink.config import load as load_config
+from vqshrink.plan.budget import STEP_TIME_COLUMNS
+from vqshrink.plan.experiments import Plan
 
-from vqshrink.config import load as load_config  # noqa: E402
-from vqshrink.plan.budget import STEP_TIME_COLUMNS  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 EXTRA_COLUMNS = ("kind", "peak_mem_gb", "images_per_s", "measured_batch", "steps_timed",
                  "params_m", "device", "torch", "note", "error")
@@ -78,15 +78,13 @@ def paper_config() -> dict:
     return load_config(ROOT / "config.yaml", ROOT / "workflow/schemas/config.schema.yaml")
 
 
-def tokenizer_model_cfg(cfg: dict, arch: str, quantizer: str | None, resolution: int) -> dict:
-    """The tokenizer config the stages get (workflow common.smk ``model_settings``)."""
-    tok = cfg["tokenizers"]
-    base = {**tok["architectures"][arch], "resolution": resolution}
-    if quantizer is None:  # the continuous autoencoder
-        return base
-    extra = {"patch_nums": tok["patch_nums"]} if quantizer.startswith("multiscale") else {}
-    return {**base, "quantizer": quantizer, "codebook_size": tok["codebook_size"],
-            "beta": tok["beta"], **extra}
+def tokenizer_model_cfg(cfg: dict, variant: str | None, dataset: str, arch: str = "") -> dict:
+    """The tokenizer config the stages get (the plan's ``model_settings``; ``variant`` None:
+    the continuous autoencoder of ``arch``)."""
+    plan = Plan(cfg)
+    if variant is None:
+        return plan.arch_settings(arch, dataset)
+    return plan.model_settings(SimpleNamespace(variant=variant, dataset=dataset))
 
 
 def per_gpu(batch: int, resources: dict) -> int:
@@ -165,10 +163,10 @@ def tokenizer_step(cfg: dict, model_cfg: dict, *, continuous: bool, gan: bool,
     return step, _params_m(*modules)
 
 
-def _tokenizer(cfg: dict, arch: str, quantizer: str, resolution: int) -> torch.nn.Module:
+def _tokenizer(cfg: dict, variant: str, dataset: str) -> torch.nn.Module:
     from vqshrink.models.registry import build_model
 
-    return build_model(tokenizer_model_cfg(cfg, arch, quantizer, resolution)).eval()
+    return build_model(tokenizer_model_cfg(cfg, variant, dataset)).eval()
 
 
 def generator_parts(cfg: dict, family: str, device: torch.device):
@@ -176,9 +174,9 @@ def generator_parts(cfg: dict, family: str, device: torch.device):
     from vqshrink.models.generator_registry import build_generator
 
     res = cfg["datasets"]["imagenet100"]["resolution"]
-    quantizer = "multiscale" if family == "var" else "vq"
-    arch = "var" if family == "var" else "maskgit"
-    tok = _tokenizer(cfg, arch, quantizer, res)
+    variant = "var" if family == "var" else "maskgit"  # VAR's / MaskGIT's own tokenizer
+    arch = cfg["tokenizers"]["variants"][variant]["architecture"]
+    tok = _tokenizer(cfg, variant, "imagenet100")
     if family == "var":
         shape = (tok.quantizer.num_tokens,)
     else:
@@ -227,26 +225,24 @@ def training_jobs(cfg: dict) -> list[Job]:
     tb = per_gpu(tok["training"]["batch_size"], tok["resources"]["train"])
     jobs = []
     for arch in tok["architectures"]:
-        mc = tokenizer_model_cfg(cfg, arch, None, res)
+        mc = tokenizer_model_cfg(cfg, None, "imagenet100", arch)
         jobs.append(Job("train", "tokenizer_pretrain_ae", f"{arch}/ae", res, tb,
                         lambda mc=mc, **kw: tokenizer_step(cfg, mc, continuous=True,
                                                            gan=False, **kw)))
     seen = set()
-    for spec in tok["variants"].values():
+    for variant, spec in tok["variants"].items():
         model = f"{spec['architecture']}/{spec['quantizer']}" + ("+gan" if spec["gan"] else "")
         if model in seen:
             continue
         seen.add(model)
-        mc = tokenizer_model_cfg(cfg, spec["architecture"], spec["quantizer"], res)
+        mc = tokenizer_model_cfg(cfg, variant, "imagenet100")
         jobs.append(Job("train", "tokenizer_train_vq", model, res, tb,
                         lambda mc=mc, gan=spec["gan"], **kw: tokenizer_step(
                             cfg, mc, continuous=False, gan=gan, **kw)))
     # the CIFAR-10 codebook-size sweep: one row for all sizes, timed at 16,384 codes
     sres = cfg["datasets"][sweep["dataset"]]["resolution"]
     sb = per_gpu(sweep["training"]["batch_size"], sweep["resources"]["train"])
-    smc = {**sweep["architecture"], "resolution": sres, "codebook_size": SEARCH_CODES,
-           "beta": sweep["beta"], "ema_decay": sweep["ema_decay"],
-           "ema_smoothing": sweep["ema_smoothing"]}
+    smc = tokenizer_model_cfg(cfg, f"vqvae-k{SEARCH_CODES}", sweep["dataset"])
     jobs.append(Job("train", "tokenizer_pretrain_ae", f"{sweep['architecture']['family']}/ae",
                     sres, sb, lambda **kw: tokenizer_step(cfg, smc, continuous=True, gan=False,
                                                           **kw)))

@@ -21,7 +21,7 @@ TARGETS = [
     "results/figures/fig3.png",
     "results/figures/fig6.png",
     "results/figures/embeddings_collapse.png",
-    # ---- image tokenizers (issue 3)
+    # ---- image tokenizers
     "results/tables/table2.csv",
     "results/tables/table3.csv",
     "results/tables/table5.csv",
@@ -30,12 +30,32 @@ TARGETS = [
     "results/tables/fig4.csv",
     "results/figures/fig4.png",
 ]
-# ---- generators (issue 4): dry-run together, one call per preset (they share one DAG)
+# ---- generators: dry-run together, one call per preset (they share one DAG)
 GEN_TARGETS = [
     *(f"results/tables/table{n}.csv" for n in (4, 6, 7, 8, 11, 12)),
     "results/figures/fig5.png",
 ]
 CURVES = ["synthetic-gaussians", "tokenizers-digits", "sweep-digits", "generators-digits"]
+
+
+def test_every_rule_names_its_stage_function_by_dotted_path():
+    """One hop from a rule to its code: `stage_params("vqshrink.stages.<module>.<function>")`
+    is the file and the function, and it is a stage (the @stage frame)."""
+    from vqshrink.launch import resolve_stage
+
+    rules = stages = 0
+    for smk in sorted((ROOT / "workflow" / "rules").glob("*.smk")):
+        text = smk.read_text()
+        rules += len(re.findall(r"^rule \w+:", text, re.M))
+        for name in re.findall(r'stage_params\("([\w.]+)"\)', text):
+            module, _, function = name.rpartition(".")
+            path = ROOT / "src" / (module.replace(".", "/") + ".py")
+            assert path.is_file(), f"{smk.name}: {name}: no file {path}"
+            assert re.search(rf"^def {function}\(", path.read_text(), re.M), name
+            fn = resolve_stage(name)
+            assert fn.__module__ == module and hasattr(fn, "__wrapped__"), name
+            stages += 1
+    assert stages == rules == 30
 
 
 

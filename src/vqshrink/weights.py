@@ -51,8 +51,6 @@ INCEPTION_FILE = "inception-2015-12-05.pt"
 INCEPTION_URL = (
     "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/" + INCEPTION_FILE
 )
-# clean-fid's own hard-coded directory for the file (cleanfid/features.py); informative only.
-CLEANFID_DEFAULT_DIR = Path("./") if sys.platform.startswith("win") else Path("/tmp")
 
 # torchvision 0.29 IMAGENET1K_V1 weights, i.e. what ``pretrained=True`` maps to.
 LPIPS_BACKBONE_URLS = {
