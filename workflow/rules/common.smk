@@ -26,6 +26,13 @@ _resolved = vqconfig.layered_config(
 config.clear()
 config.update(_resolved)
 
+# The rules' script processes and their SLURM jobs import the package of this workflow's
+# src/ too when they run in a `--sdm conda` environment, which holds only its dependencies
+# (envs/vqshrink.yaml); elsewhere it is the installed package (`pip install -e .`) itself.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (str(Path(workflow.basedir) / "src"), os.environ.get("PYTHONPATH")) if p
+)
+
 
 def check_results_writable(root="results", below=False):
     """Stop before any job when outputs could not be written (a file in the way, a
