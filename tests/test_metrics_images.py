@@ -412,3 +412,22 @@ def test_load_lpips_uses_cached_backbone(tmp_path, no_network):
     model = weights.load_lpips("squeeze", cache_dir=tmp_path)
     assert torch.hub.get_dir() == hub_before
     assert torch.equal(model.net.slice1[0].weight, backbone.features[0].weight)
+
+
+@pytest.mark.parametrize("env", [{}, {"XDG_CACHE_HOME": "/x/cache"},
+                                 {"TORCH_HOME": "~/th", "XDG_CACHE_HOME": "/x/cache"}])
+def test_hub_dir_without_torch_is_torchs_own(env):
+    """The workflow looks for weight files at parse time without loading torch; where it
+    looks is where torch.hub would (each read in a fresh process)."""
+    import os
+    import subprocess
+    import sys
+
+    base = {k: v for k, v in os.environ.items() if k not in ("TORCH_HOME", "XDG_CACHE_HOME")}
+    ours = ("import sys; from vqshrink.weights import hub_dir; print(hub_dir()); "
+            "assert 'torch' not in sys.modules")
+    theirs = "import torch.hub; print(torch.hub.get_dir())"
+    got = [subprocess.run([sys.executable, "-c", code], env={**base, **env}, check=True,
+                          capture_output=True, text=True).stdout.strip()
+           for code in (ours, theirs)]
+    assert got[0] == got[1]

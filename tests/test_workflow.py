@@ -38,6 +38,19 @@ GEN_TARGETS = [
 CURVES = ["synthetic-gaussians", "tokenizers-digits", "sweep-digits", "generators-digits"]
 
 
+def test_planning_the_dag_does_not_load_torch(tmp_path):
+    """Parse and DAG of every target (the demo, whose metric weights are looked up in torch's
+    hub directory) in one process that never imports torch: fast on a login node, and the
+    ~40 Snakemake calls of the tests do not pay for it either."""
+    repo = copy_repo(tmp_path)
+    code = ("import sys\nfrom snakemake.cli import main\n"
+            "try:\n    main(['-n', '-q', '--config', 'preset=demo'])\n"
+            "except SystemExit as e:\n    assert not e.code, e.code\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 def test_every_rule_names_its_stage_function_by_dotted_path():
     """One hop from a rule to its code: `stage_params("vqshrink.stages.<module>.<function>")`
     is the file and the function, and it is a stage (the @stage frame)."""

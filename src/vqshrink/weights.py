@@ -114,9 +114,19 @@ def checkpoint_dir(cache_dir: str | Path | None = None) -> Path:
     """
     if cache_dir is not None:
         return Path(cache_dir).expanduser().resolve() / "hub" / "checkpoints"
-    import torch  # here only: the workflow checks weight files without loading torch
+    return hub_dir().expanduser().resolve() / "checkpoints"
 
-    return Path(torch.hub.get_dir()).expanduser().resolve() / "checkpoints"
+
+def hub_dir() -> Path:
+    """``torch.hub.get_dir()``, without loading torch when nothing loaded it (the workflow
+    checks for weight files at parse time): unless ``torch.hub.set_dir`` was called, which
+    needs torch, it is ``$TORCH_HOME/hub``, else ``$XDG_CACHE_HOME/torch/hub``, else
+    ``~/.cache/torch/hub``."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        return Path(torch.hub.get_dir())
+    cache = os.getenv("XDG_CACHE_HOME", os.path.join("~", ".cache"))
+    return Path(os.getenv("TORCH_HOME", os.path.join(cache, "torch"))).expanduser() / "hub"
 
 
 def canonical_lpips_net(net: str) -> str:
