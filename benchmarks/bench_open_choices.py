@@ -194,6 +194,8 @@ def tok_settings(cfg: dict, variant: str, over: dict, seed: int, sweep_size: int
     sweep = variant == "sweep"
     layer = {"vqvae_sweep" if sweep else "tokenizers": {**over, "seed": seed},
              "datasets": {"digits": {"checkpoint": "final"}}}
+    if sweep:
+        layer["vqvae_sweep"]["codebook_sizes"] = [sweep_size]
     plan = Plan(deep_merge(cfg, layer))
     v = f"vqvae-k{sweep_size}" if sweep else variant
     arch = plan.variant_spec(v)["architecture"]

@@ -88,6 +88,11 @@ def test_sweep_variant_is_a_cifar_vqvae_with_its_own_codebook_size():
     assert p.model_settings(w)["codebook_size"] == 512 and "quantizer" not in p.model_settings(w)
     assert p.get_tok_ae(w) == {"ae": "results/tokenizers/cifar10/ae-cifar_vqvae/model.pt"}
     assert p.tok_eval_settings(w)["fid"] is None and p.get_eval_fid(w) == {}
+    # the sweep's variants come from config (vqvae_sweep.codebook_sizes), not from names
+    assert [v for v in p.tokenizer_variants() if v.startswith("vqvae-k")] == [
+        f"vqvae-k{k}" for k in BASE["vqvae_sweep"]["codebook_sizes"]]
+    with pytest.raises(KeyError):
+        p.variant_spec("vqvae-k100")
 
 
 def test_only_simvq_variants_get_the_simvq_init():

@@ -5,7 +5,7 @@
 
 
 wildcard_constraints:
-    variant="|".join([*TOK["variants"], r"vqvae-k\d+"]),
+    variant="|".join(plan.tokenizer_variants()),
     arch="|".join([*TOK["architectures"], SWEEP_ARCH]),
     tok_table="|".join(TOK["tables"]),
 

@@ -41,7 +41,6 @@ from vqshrink.plan.budget import PlanError
 
 SCHEDULES = ("baseline", "deferred")
 SWEEP_ARCH = "cifar_vqvae"
-SWEEP_VARIANT = re.compile(r"vqvae-k(\d+)")
 IMAGE_DATASETS = ("imagenet100", "odir", "cifar10", "digits")
 SMOKE_ROOT = "results/smoke_data"  # rule smoke_sources; the smoke preset's source paths
 
@@ -147,6 +146,8 @@ class Plan:
         self.gen = config["generators"]
         self.featnet = self.metrics["fid_feature_net"]
         self.generators = tuple(self.gen["models"])
+        # the Fig. 4 sweep's runs, one tokenizer variant per configured codebook size
+        self.sweep_variants = {f"vqvae-k{k}": k for k in self.sweep["codebook_sizes"]}
 
     def check(self) -> None:
         """Every check the config alone allows (PlanError naming the key): unknown generator
@@ -330,11 +331,15 @@ class Plan:
         return _runs([ec["input_dim"]], ec["encoder_hidden"], ec["seeds"], ["baseline"])
 
     # ================================================================ image tokenizers
+    def tokenizer_variants(self) -> list[str]:
+        """Every tokenizer variant: the tables' (tokenizers.variants) and the sweep's."""
+        return [*self.tok["variants"], *self.sweep_variants]
+
     def variant_spec(self, variant: str) -> dict:
-        m = SWEEP_VARIANT.fullmatch(variant)
-        if m:
+        if variant in self.sweep_variants:
             return {"experiment": self.sweep, "sweep": True, "architecture": SWEEP_ARCH,
-                    "quantizer": "vq_ema", "gan": False, "codebook_size": int(m.group(1))}
+                    "quantizer": "vq_ema", "gan": False,
+                    "codebook_size": self.sweep_variants[variant]}
         v = self.tok["variants"][variant]
         return {"experiment": self.tok, "sweep": False, **v,
                 "codebook_size": self.tok["codebook_size"]}
@@ -494,8 +499,8 @@ class Plan:
 
     def sweep_runs(self) -> list[str]:
         dataset = self.used_dataset(self.sweep["dataset"])
-        return [f"results/tokenizers/{dataset}/vqvae-k{k}/{s}"
-                for k in self.sweep["codebook_sizes"] for s in SCHEDULES]
+        return [f"results/tokenizers/{dataset}/{v}/{s}"
+                for v in self.sweep_variants for s in SCHEDULES]
 
     def fig4_settings(self) -> dict:
         return {"paper_dataset": self.sweep["dataset"],
@@ -639,10 +644,10 @@ class Plan:
         elif group == "sweep":
             runs.append((f"ae-{SWEEP_ARCH}", "pretrain",
                          f"results/tokenizers/{dataset}/ae-{SWEEP_ARCH}/curve.csv"))
-            for k in self.sweep["codebook_sizes"]:
+            for v, k in self.sweep_variants.items():
                 for s in SCHEDULES:
                     runs.append((f"K={k}", s,
-                                 f"results/tokenizers/{dataset}/vqvae-k{k}/{s}/vq/curve.csv"))
+                                 f"results/tokenizers/{dataset}/{v}/{s}/vq/curve.csv"))
         else:
             pairs = sorted({tuple(p) for t in self.tables_on(self.gen, dataset)
                             for p in t["runs"]})
