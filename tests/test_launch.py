@@ -27,6 +27,7 @@ from vqshrink.launch import (
     launch,
     make_executor,
     parse_slurm_extra,
+    share_package,
 )
 from vqshrink.stages import selftest
 
@@ -290,3 +291,12 @@ def test_terminating_the_waiting_process_cancels_the_job(tmp_path, slurm_env):
         assert time.monotonic() < deadline, f"job {job_id} still {state!r}"
         time.sleep(0.5)
     assert not (tmp_path / "out.json").exists()
+
+
+def test_share_package_puts_src_first_once(monkeypatch, tmp_path):
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(["/a", str(tmp_path), "/b"]))
+    share_package(tmp_path)
+    assert os.environ["PYTHONPATH"].split(os.pathsep) == [str(tmp_path), "/a", "/b"]
+    monkeypatch.delenv("PYTHONPATH")
+    share_package(tmp_path)
+    assert os.environ["PYTHONPATH"] == str(tmp_path)

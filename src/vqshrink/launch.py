@@ -210,6 +210,15 @@ def make_executor(resources: Resources, *, name: str, folder: str | Path,
     return executor
 
 
+def share_package(src: str | Path) -> None:
+    """Put ``src`` first on ``PYTHONPATH`` for the processes started from here: the rules'
+    scripts (also inside a ``--sdm conda`` environment, envs/vqshrink.yaml, which holds the
+    package's dependencies, not the package) and the SLURM jobs they submit."""
+    paths = [str(src), *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+                         if p and p != str(src)]]
+    os.environ["PYTHONPATH"] = os.pathsep.join(paths)
+
+
 def resolve_stage(stage: Stage) -> Callable[..., Any]:
     """The stage function of its dotted path (``"vqshrink.stages.synthetic.train_vq"``),
     imported here, so only where the stage runs; a function is returned as it is."""

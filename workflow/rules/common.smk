@@ -27,11 +27,8 @@ config.clear()
 config.update(_resolved)
 
 # The rules' script processes and their SLURM jobs import the package of this workflow's
-# src/ too when they run in a `--sdm conda` environment, which holds only its dependencies
-# (envs/vqshrink.yaml); elsewhere it is the installed package (`pip install -e .`) itself.
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    p for p in (str(Path(workflow.basedir) / "src"), os.environ.get("PYTHONPATH")) if p
-)
+# src/ also in a `--sdm conda` environment, which holds only its dependencies.
+vqlaunch.share_package(Path(workflow.basedir) / "src")
 
 
 def check_results_writable(root="results", below=False):
