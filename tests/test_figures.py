@@ -145,3 +145,28 @@ def test_fig5_groups_panels_as_the_paper(tmp_path, saved):
     # each panel shows its own run's samples
     assert shown == {("imagenet100", "baseline"): 10, ("imagenet100", "deferred"): 20,
                      ("odir", "baseline"): 30, ("odir", "deferred"): 40}
+
+
+def test_curves_over_seeds_draw_the_same_figure_twice(tmp_path):
+    """Runs of several seeds share a panel, whose band seaborn bootstraps: the same curves
+    give the same PNG (a rebuild changes no figure)."""
+    import hashlib
+
+    import pandas as pd
+
+    from vqshrink.stages.curves import curves
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for seed in range(8):
+        path = tmp_path / f"curve{seed}.csv"
+        pd.DataFrame({"epoch": range(1, 31), "loss": rng.random(30)}).to_csv(path, index=False)
+        paths.append(str(path))
+    settings = {"title": "t", "metrics": {"loss": "train loss"},
+                "runs": [{"name": "8-D", "schedule": "baseline"}] * 8}
+    digests = []
+    for k in range(2):
+        out = tmp_path / f"fig{k}.png"
+        curves(curves=paths, figure=str(out), settings=settings, preset="test")
+        digests.append(hashlib.sha256(out.read_bytes()).hexdigest())
+    assert digests[0] == digests[1]
