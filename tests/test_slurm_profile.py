@@ -25,6 +25,21 @@ def _sacct(since: str) -> list[tuple[str, str]]:
     return [tuple(line.split("|")[:2]) for line in out.splitlines() if line.strip()]
 
 
+def _sacct_settled(since: str, prefix: str, timeout: float = 60.0) -> list[tuple[str, str]]:
+    """sacct once our jobs have left the live states. The launcher returns when the job's
+    result file is written, which can be a moment before slurmctld records the exit (seen in
+    CI: RUNNING right after snakemake returned)."""
+    live = ("PENDING", "RUNNING", "COMPLETING", "CONFIGURING")
+    deadline = time.monotonic() + timeout
+    while True:
+        jobs = _sacct(since)
+        ours = [state for name, state in jobs if name.startswith(prefix)]
+        if (ours and not any(state.startswith(live) for state in ours)) \
+                or time.monotonic() > deadline:
+            return jobs
+        time.sleep(1.0)
+
+
 @pytest.mark.slurm
 def test_profile_with_a_user_configfile_submits_jobs(tmp_path, slurm_cluster):
     repo = copy_repo(tmp_path)
@@ -37,7 +52,7 @@ def test_profile_with_a_user_configfile_submits_jobs(tmp_path, slurm_cluster):
                           text=True, timeout=600, check=False)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output
-    jobs = _sacct(since)
+    jobs = _sacct_settled(since, "synthetic_init_codebook.dim=2,")
     names = [name for name, _ in jobs]
     ours = [(n, s) for n, s in jobs if n.startswith("synthetic_init_codebook.dim=2,")]
     assert ours and all(s == "COMPLETED" for _, s in ours), jobs
