@@ -188,6 +188,18 @@ def test_an_impossible_schedule_is_refused_naming_the_key():
         p.check()
 
 
+@pytest.mark.parametrize("generator_caps", [{"train_images": None, "val_images": 4},
+                                            {"train_images": 4, "val_images": 8}])
+def test_a_token_cap_below_the_generators_caps_is_refused(generator_caps):
+    p = plan("smoke", generators={"training": generator_caps})
+    key = next(k for k, v in generator_caps.items() if v != 4)
+    with pytest.raises(PlanError, match=rf"tokenizers.tokens.max_images is 4, .* "
+                                        rf"generators.training.{key} is"):
+        p.check()
+    assert plan("smoke").tok_tokens_settings(W(dataset="odir", variant="var"))["max_images"] == 4
+    assert plan().tok_tokens_settings(W(dataset="odir", variant="var"))["max_images"] is None
+
+
 def test_step_times_file_is_found_by_gpu_name(tmp_path):
     (tmp_path / "h100.csv").write_text("x\n")
     assert plan().get_step_times(None, tmp_path) == {"step_times": str(tmp_path / "h100.csv")}

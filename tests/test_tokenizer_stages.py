@@ -256,6 +256,16 @@ def test_vq_tokens_are_hw_maps(data, tmp_path):
                             preset="test")
     assert np.load(d / "c.npy").shape == (50, 8, 8)
     assert load_json(d / "meta.json")["layout"] == "(N, h, w)"
+    # a budget cap exports each split's first rows, the same token maps as without it
+    capped = d / "capped"
+    tok_eval.extract_tokens(data=data, model=str(d / "model.pt"),
+                            tokens_train=str(capped / "a.npy"), tokens_val=str(capped / "b.npy"),
+                            tokens_test=str(capped / "c.npy"), meta=str(capped / "meta.json"),
+                            settings={"batch_size": 3, "device": "cpu", "max_images": 5},
+                            preset="test")
+    assert load_json(capped / "meta.json")["shapes"] == {s: [5, 8, 8] for s in ("train", "val", "test")}
+    for name in ("a.npy", "b.npy", "c.npy"):
+        np.testing.assert_array_equal(np.load(capped / name), np.load(d / name)[:5])
 
 
 # ------------------------------------------------------------------------------ resume, DDP

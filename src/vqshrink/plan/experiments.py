@@ -153,6 +153,7 @@ class Plan:
         """Every check the config alone allows (PlanError naming the key): unknown generator
         keys, then the schedules of every planned run against the datasets' real sizes."""
         self.check_generator_keys()
+        self.check_token_cap()
         self.budget_plan()
 
     # ================================================================ shared
@@ -420,7 +421,23 @@ class Plan:
 
     def tok_tokens_settings(self, w) -> dict:
         return {"batch_size": self.metrics["fid_batch_size"],
-                "device": self.tok_experiment(w)["training"]["device"]}
+                "device": self.tok_experiment(w)["training"]["device"],
+                "max_images": self.tok["tokens"]["max_images"]}
+
+    def check_token_cap(self) -> None:
+        """A cap on the exported token maps must cover the generators' own caps: a generator
+        asking for every token map (null) or more maps than exported would train and validate
+        on fewer than its settings say."""
+        cap = self.tok["tokens"]["max_images"]
+        if cap is None:
+            return
+        tr = self.gen["training"]
+        for key in ("train_images", "val_images"):
+            if tr.get(key) is None or tr[key] > cap:
+                raise PlanError(
+                    f"tokenizers.tokens.max_images is {cap}, so each split has at most {cap} "
+                    f"token maps, but generators.training.{key} is {tr.get(key)}: set it to at "
+                    f"most {cap}, or raise the cap")
 
     def tok_resources(self, group: str) -> dict:
         """Resources of a stage group, per job: the tokenizers' or the sweep's (config)."""

@@ -128,7 +128,9 @@ def extract_tokens(*, data: str, model: str, tokens_train: str, tokens_val: str,
                    tokens_test: str, meta: str, settings: dict, preset: str) -> None:
     """The token maps of every split, the generators' input: ``(N, h, w)`` for single-scale
     tokenizers, ``(N, L)`` for VAR (its scales small to large, each row-major, concatenated);
-    uint16 when the codebook fits, else int32. Labels stay in the prepared dataset."""
+    uint16 when the codebook fits, else int32. Labels stay in the prepared dataset; with
+    ``settings["max_images"]`` (a budget cap) a split's first rows only, which are the rows
+    the generators' caps take."""
     device = pick_device(settings["device"])
     net, blob = load_model(model, device)
     net.eval()
@@ -137,16 +139,17 @@ def extract_tokens(*, data: str, model: str, tokens_train: str, tokens_val: str,
     shapes = {}
     for split, out in zip(SPLITS, (tokens_train, tokens_val, tokens_test)):
         ds = _images(data, split)
+        rows = np.arange(min(len(ds), settings.get("max_images") or len(ds)))
         arr = None
         with atomic_path(out) as tmp:
             start = 0
-            for x, _ in ds.batches(settings["batch_size"]):
+            for x, _ in ds.batches(settings["batch_size"], indices=rows):
                 idx = net.encode_indices(x.to(device))
                 idx = _flat_indices(idx) if isinstance(idx, (list, tuple)) else idx
                 idx = idx.cpu().numpy().astype(dtype)
                 if arr is None:
                     arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype,
-                                                    shape=(len(ds), *idx.shape[1:]))
+                                                    shape=(len(rows), *idx.shape[1:]))
                 arr[start:start + len(idx)] = idx
                 start += len(idx)
             arr.flush()
