@@ -1,4 +1,4 @@
-"""Generator stages (issue 4) at tiny size on CPU: every generator trains on real token maps
+"""Generator stages at tiny size on CPU: every generator trains on real token maps
 of a tiny tokenizer, samples a fixed number per class and is evaluated; seeded sampling;
 step-exact resume; the tables' paper columns; config errors; the SLURM plan's resources."""
 
@@ -251,6 +251,25 @@ def test_labels_outside_the_classes_are_refused_naming_the_file(tokenizers, tmp_
                                          r"the dataset's 10 classes"):
         gen.TokenSet(tk["train"], str(bad), num_classes=10)
     assert len(gen.TokenSet(tk["train"], str(bad), num_classes=11)) == len(labels)
+
+
+def test_capped_token_export_pairs_with_the_first_labels(tokenizers, tmp_path):
+    """tokenizers.tokens.max_images exports a split's first rows: they pair with the first
+    labels; any other count is refused, naming the file and the cap."""
+    tk = tokenizers["vq"]
+    maps = np.load(tk["train"])
+    labels = np.arange(len(maps)) % 10
+    lab = tmp_path / "labels.npy"
+    np.save(lab, labels)
+    capped = tmp_path / "train.npy"
+    np.save(capped, maps[:5])
+    got = gen.TokenSet(str(capped), str(lab), exported=5, num_classes=10)
+    assert torch.equal(got.tokens, torch.from_numpy(maps[:5].astype(np.int64)))
+    assert got.labels.tolist() == labels[:5].tolist()
+    for exported in (None, 6):
+        with pytest.raises(ValueError, match=rf"train\.npy: 5 token maps.* but .*labels\.npy "
+                                             rf"has {len(labels)} labels"):
+            gen.TokenSet(str(capped), str(lab), exported=exported)
 
 
 QUIET = {  # every dropout off: the only randomness left is the batch order (and MaskGIT's masks)

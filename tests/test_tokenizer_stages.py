@@ -1,4 +1,4 @@
-"""Image-tokenizer stages (issue 3) at tiny size on CPU: every stage on a small prepared digits
+"""Image-tokenizer stages at tiny size on CPU: every stage on a small prepared digits
 set, the k-means init's encoder, step-exact resume, DDP, the DAG's shared autoencoder, the
 missing-root / missing-weights errors, and the tables' paper columns."""
 

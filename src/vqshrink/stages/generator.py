@@ -55,14 +55,19 @@ log = logging.getLogger(__name__)
 
 
 class TokenSet:
-    """One split of a tokenizer's token maps with the dataset's labels, in memory."""
+    """One split of a tokenizer's token maps with the dataset's labels, in memory.
+    ``exported``: the cap the token maps were exported with (tokenizers.tokens.max_images;
+    None: every image of the split), so the maps are the labels' first rows."""
 
     def __init__(self, tokens: str, labels: str, limit: int | None = None,
-                 num_classes: int | None = None) -> None:
+                 num_classes: int | None = None, exported: int | None = None) -> None:
         t = np.load(tokens, mmap_mode="r")
         y = np.load(labels)
-        if len(t) != len(y):
-            raise ValueError(f"{tokens}: {len(t)} token maps but {labels} has {len(y)} labels")
+        if len(t) != (len(y) if exported is None else min(exported, len(y))):
+            cap = "" if exported is None else f" (exported with max_images {exported})"
+            raise ValueError(f"{tokens}: {len(t)} token maps{cap} but {labels} has "
+                             f"{len(y)} labels")
+        y = y[:len(t)]
         # checked here once: the models check labels on an accelerator without a host read
         if num_classes is not None and len(y) and (y.min() < 0 or y.max() >= num_classes):
             raise ValueError(f"{labels}: labels lie in [{y.min()}, {y.max()}], outside the "
@@ -143,10 +148,12 @@ def train(*, tokens_train: str, tokens_val: str, meta: str, tokenizer: str, mode
                                vocab_size=tok_meta["codebook_size"])
     net.to(device)
     # training.train_images: a budget cap on the train token maps used (null: all; smoke)
+    exported = tok_meta["settings"].get("max_images")
     train_set = TokenSet(tokens_train, tok_meta["labels"]["train"],
-                         limit=tr.get("train_images"), num_classes=num_classes)
+                         limit=tr.get("train_images"), num_classes=num_classes,
+                         exported=exported)
     val_set = TokenSet(tokens_val, tok_meta["labels"]["val"], limit=tr["val_images"],
-                       num_classes=num_classes)
+                       num_classes=num_classes, exported=exported)
     amp = tr["amp"] == "bf16" and device.type == "cuda"
     if tr["compile"] and device.type == "cuda":
         net.compile()
