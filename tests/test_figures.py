@@ -116,7 +116,6 @@ def test_fig2_every_panel_has_a_legend_and_axis_labels(tmp_path, saved):
 
 def test_fig5_groups_panels_as_the_paper(tmp_path, saved):
     """(a) w/o Deferred: ImageNet-100, ODIR; (b) w/ Deferred: ImageNet-100, ODIR."""
-    rng = np.random.default_rng(2)
     panels, images, labels = [], [], []
     for d in ("imagenet100", "odir"):  # the order of config's generators.fig5 panels
         for s in ("baseline", "deferred"):
