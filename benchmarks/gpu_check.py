@@ -258,8 +258,6 @@ def training_jobs(cfg: dict) -> list[Job]:
 
 
 def sampling_job(cfg: dict, family: str) -> Job:
-    from vqshrink.stages.generator import _decode
-
     res = cfg["datasets"]["imagenet100"]["resolution"]
 
     def run(*, device: torch.device, batch: int, amp: str, compile: bool, steps: int,
@@ -272,7 +270,7 @@ def sampling_job(cfg: dict, family: str) -> Job:
         @torch.no_grad()
         def once() -> None:
             g = torch.Generator(device).manual_seed(0)
-            _decode(tok, net.sample(labels, generator=g, **sampling))
+            tok.decode_tokens(net.sample(labels, generator=g, **sampling))
 
         # a batch takes seconds (LlamaGen: 256 cached decoding steps): 1 warm-up, 2 timed
         median, _ = timed(once, device, warmup=min(warmup, 1), steps=min(steps, 2))

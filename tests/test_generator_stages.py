@@ -324,11 +324,18 @@ def test_batch_larger_than_the_split_names_the_key(tokenizers, tmp_path):
 
 def test_generator_refuses_tokens_of_the_wrong_layout(tokenizers):
     ms, _ = registry.load_model(tokenizers["multiscale"]["model"])
-    with pytest.raises(ValueError, match="needs \\(N, h, w\\) token maps"):
+    with pytest.raises(ValueError, match=r"maskgit needs one h x w token map per image; the "
+                                         r"tokenizer's layout is \(N, L\): VAR scales"):
         generator_registry.build_generator("maskgit", MODELS["maskgit"], tokenizer=ms,
                                            token_shape=(85,), num_classes=10, vocab_size=32)
-    with pytest.raises(ValueError, match="VAR needs \\(N, 85\\) multi-scale tokens"):
+    with pytest.raises(ValueError, match=r"var needs VAR's multi-scale tokens per image; .*"
+                                         r"\(85 tokens\) and the token files hold \(N, 8, 8\)"):
         generator_registry.build_generator("var", MODELS["var"], tokenizer=ms, token_shape=(8, 8),
+                                           num_classes=10, vocab_size=32)
+    vq, _ = registry.load_model(tokenizers["vq"]["model"])
+    with pytest.raises(ValueError, match=r"var needs VAR's multi-scale tokens per image; the "
+                                         r"tokenizer's layout is \(N, h, w\) \(64 tokens\)"):
+        generator_registry.build_generator("var", MODELS["var"], tokenizer=vq, token_shape=(8, 8),
                                            num_classes=10, vocab_size=32)
 
 

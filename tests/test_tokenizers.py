@@ -71,6 +71,32 @@ def test_tokenizer_shapes_and_token_round_trip(quantizer, images):
 
 
 @pytest.mark.parametrize("quantizer", QUANTIZERS)
+def test_flat_tokens_and_layout_are_the_one_interface(quantizer, images):
+    """encode_tokens gives (B, L) in the tokenizer's layout: the maps flattened one after
+    another (VAR: its own sequence order, flatten_scales), and decode_tokens takes them back
+    to the forward's reconstruction, also in the token files' per-image shape."""
+    torch.manual_seed(1)
+    model = Tokenizer(tiny_config(quantizer)).eval()
+    layout, out = model.token_layout, model(images)
+    tokens = model.encode_tokens(images)
+    if quantizer == "multiscale":
+        assert (layout.kind, layout.patch_nums, layout.file_shape) == ("scales", (1, 2, 4, 8),
+                                                                      (85,))
+        assert torch.equal(tokens, model.quantizer.flatten_scales(out.indices))
+        for a, b in zip(layout.split(tokens), model.quantizer.split_scales(tokens)):
+            assert torch.equal(a, b)
+    else:
+        assert (layout.kind, layout.patch_nums, layout.file_shape) == ("map", None, (8, 8))
+        assert torch.equal(tokens, out.indices.reshape(2, 64))
+    assert tokens.shape == (2, layout.length) and torch.equal(layout.flat(out.indices), tokens)
+    torch.testing.assert_close(model.decode_tokens(tokens), out.x_hat)
+    torch.testing.assert_close(model.decode_tokens(tokens.reshape(2, *layout.file_shape)),
+                               out.x_hat)
+    with pytest.raises(ValueError, match=rf"expected {layout.length} tokens per image"):
+        model.decode_tokens(tokens[:, :-1])
+
+
+@pytest.mark.parametrize("quantizer", QUANTIZERS)
 def test_gradients_reach_encoder_decoder_and_quantizer(quantizer, images):
     torch.manual_seed(2)
     model = Tokenizer(tiny_config(quantizer)).train()

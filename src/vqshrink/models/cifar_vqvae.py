@@ -19,8 +19,9 @@ examples build it (DeepMind sonnet ``vqvae_example``, zalandoresearch ``pytorch-
 
 The interface is the image tokenizer's (:class:`vqshrink.models.vqgan.Tokenizer`):
 ``forward(x, quantize)`` (``quantize=False`` is the continuous autoencoder of the deferred
-schedule, the same modules minus the quantizer), ``embeddings``, ``encode_indices``,
-``decode_indices``, ``last_layer``, so the tokenizer stages train and evaluate both.
+schedule, the same modules minus the quantizer), ``embeddings``, the flat tokens and their
+layout (``token_layout``, ``encode_tokens``, ``decode_tokens``: models/tokens.py),
+``last_layer``, so the tokenizer stages train and evaluate both.
 Images are in [-1, 1] as everywhere in this package (the sonnet example uses x/255 - 0.5).
 """
 

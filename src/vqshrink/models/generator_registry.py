@@ -42,20 +42,21 @@ def config_keys(family: str) -> list[str]:
 
 def build_generator(family: str, model_cfg: dict, *, tokenizer: nn.Module, token_shape: tuple,
                     num_classes: int, vocab_size: int) -> tuple[nn.Module, dict]:
-    """A generator for ``tokenizer``'s tokens of per-image shape ``token_shape`` ((h, w)
-    maps; VAR: (L,), its scales from the quantizer); returns (model, full config dict)."""
+    """A generator for ``tokenizer``'s tokens, which the token files hold in per-image shape
+    ``token_shape`` (the tokenizer's ``token_layout.file_shape``); returns (model, full config
+    dict). VAR predicts VAR's scales (and reads its quantizer), the others one h x w map."""
     cfg_cls, model_cls = model_classes(family)
+    layout = tokenizer.token_layout
+    wanted = "scales" if family == "var" else "map"
+    if layout.kind != wanted or tuple(token_shape) != layout.file_shape:
+        need = "VAR's multi-scale tokens" if wanted == "scales" else "one h x w token map"
+        raise ValueError(f"{family} needs {need} per image; the tokenizer's layout is "
+                         f"{layout.describe()} ({layout.length} tokens) and the token files "
+                         f"hold (N, {', '.join(map(str, token_shape))})")
     if family == "var":
-        q = tokenizer.quantizer
-        if tuple(token_shape) != (q.num_tokens,):
-            raise ValueError(f"VAR needs (N, {q.num_tokens}) multi-scale tokens, got maps of "
-                             f"shape {tuple(token_shape)}")
-        shape = {"patch_nums": tuple(q.patch_nums), "token_dim": q.dim}
+        shape = {"patch_nums": layout.patch_nums, "token_dim": tokenizer.quantizer.dim}
     else:
-        if len(token_shape) != 2:
-            raise ValueError(f"{family} needs (N, h, w) token maps, got (N, "
-                             f"{', '.join(map(str, token_shape))}) (multi-scale tokens?)")
-        shape = {"token_shape": tuple(token_shape)}
+        shape = {"token_shape": layout.maps[0]}
     cfg = cfg_cls(**{**model_cfg, **shape, "vocab_size": vocab_size, "num_classes": num_classes})
     if family == "var":
         return model_cls(cfg, tokenizer.quantizer), cfg.to_dict()

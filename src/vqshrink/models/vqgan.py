@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vqshrink.models.tokens import TokenLayout
 from vqshrink.quantizers.multiscale import VAR_PATCH_NUMS, MultiScaleQuantizer, MultiScaleSimVQ
 from vqshrink.quantizers.simvq import SimVQ
 from vqshrink.quantizers.vq import VectorQuantizer, VQOutput
@@ -281,6 +282,25 @@ class QuantizedAutoencoder(nn.Module):
         multi-scale quantizer these are the full-resolution features f (before any residual)."""
         z = self.encode(x).float()
         return z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+
+    @property
+    def token_layout(self) -> TokenLayout:
+        """Where an image's L tokens sit (models/tokens.py)."""
+        if self.multiscale:
+            return TokenLayout.scales(self.quantizer.patch_nums)
+        side = self.cfg.latent_resolution
+        return TokenLayout.single(side, side)
+
+    @torch.no_grad()
+    def encode_tokens(self, x: Tensor) -> Tensor:
+        """Flat tokens (B, L) of images, in :attr:`token_layout`."""
+        return self.token_layout.flat(self.encode_indices(x))
+
+    @torch.no_grad()
+    def decode_tokens(self, tokens: Tensor) -> Tensor:
+        """Images from flat tokens (B, L) (or the token files' (B, *file_shape))."""
+        maps = self.token_layout.split(tokens)
+        return self.decode_indices(maps if self.multiscale else maps[0])
 
     @torch.no_grad()
     def encode_indices(self, x: Tensor) -> Tensor | list[Tensor]:

@@ -253,12 +253,6 @@ def capped_labels(labels: np.ndarray, cap: int | None) -> np.ndarray:
     return labels[np.round(np.linspace(0, len(labels) - 1, cap)).astype(np.int64)]
 
 
-def _decode(tok: nn.Module, tokens: Tensor) -> Tensor:
-    if tok.multiscale:
-        return tok.decode_indices(tok.quantizer.split_scales(tokens))
-    return tok.decode_indices(tokens)
-
-
 def class_grid(images: np.ndarray, labels: np.ndarray, classes: int, per_class: int
                ) -> np.ndarray:
     """One uint8 image of the first ``per_class`` samples of each of the first ``classes``
@@ -300,7 +294,7 @@ def sample(*, model: str, tokenizer: str, data: str, images: str, labels: str, t
             y = torch.from_numpy(ys[start:start + bs]).to(device)
             g = torch.Generator(device).manual_seed(step_seed(settings["seed"], b, 0))
             t = gen.sample(y, generator=g, **settings["sampling"])
-            x = to_uint8(_decode(tok, t))
+            x = to_uint8(tok.decode_tokens(t))
             t = t.cpu().numpy()
             if img_arr is None:
                 img_arr = np.lib.format.open_memmap(img_tmp, mode="w+", dtype=np.uint8,

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from vqshrink.io import atomic_path, save_json
 from vqshrink.metrics import codebook as cbm
@@ -26,13 +25,6 @@ from vqshrink.training import pick_device
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
-
-
-def _flat_indices(indices: Tensor | list[Tensor]) -> Tensor:
-    """Every token of a batch: (B, h, w) maps, or VAR's list of per-scale maps pooled."""
-    if isinstance(indices, (list, tuple)):
-        return torch.cat([i.reshape(len(i), -1) for i in indices], dim=1)
-    return indices.reshape(len(indices), -1)
 
 
 def _save_grid(path: str, originals: np.ndarray, recons: np.ndarray) -> None:
@@ -65,6 +57,7 @@ def evaluate(*, data: str, model: str, metrics: str, reconstructions: str, setti
     if lp:
         lpips_model = make_lpips(lp, weights_dir=weights_dir, device=device)
     k = blob["config"]["codebook_size"]
+    layout = net.token_layout
     counts = torch.zeros(k, dtype=torch.long)
     sums = np.zeros(3)  # squared error sum, lpips sum, images
     n_pixels = 0
@@ -82,7 +75,7 @@ def evaluate(*, data: str, model: str, metrics: str, reconstructions: str, setti
                 if lpips_model is not None:
                     sums[1] += lpips_model(x_hat.clamp(-1, 1), x).sum().item()
                 sums[2] += len(x)
-                counts.add_(torch.bincount(_flat_indices(out.indices).reshape(-1).cpu(),
+                counts.add_(torch.bincount(layout.flat(out.indices).reshape(-1).cpu(),
                                            minlength=k))
                 r = to_uint8(x_hat)
                 if not grid:
@@ -135,33 +128,27 @@ def extract_tokens(*, data: str, model: str, tokens_train: str, tokens_val: str,
     net, blob = load_model(model, device)
     net.eval()
     k = blob["config"]["codebook_size"]
+    layout = net.token_layout
     dtype = np.uint16 if k <= 2**16 else np.int32
     shapes = {}
     for split, out in zip(SPLITS, (tokens_train, tokens_val, tokens_test)):
         ds = _images(data, split)
         rows = np.arange(min(len(ds), settings.get("max_images") or len(ds)))
-        arr = None
         with atomic_path(out) as tmp:
+            arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype,
+                                            shape=(len(rows), *layout.file_shape))
             start = 0
             for x, _ in ds.batches(settings["batch_size"], indices=rows):
-                idx = net.encode_indices(x.to(device))
-                idx = _flat_indices(idx) if isinstance(idx, (list, tuple)) else idx
-                idx = idx.cpu().numpy().astype(dtype)
-                if arr is None:
-                    arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype,
-                                                    shape=(len(rows), *idx.shape[1:]))
-                arr[start:start + len(idx)] = idx
+                idx = net.encode_tokens(x.to(device)).reshape(len(x), *layout.file_shape)
+                arr[start:start + len(idx)] = idx.cpu().numpy().astype(dtype)
                 start += len(idx)
             arr.flush()
             shapes[split] = list(arr.shape)
             del arr
-    cfg = blob["config"]
     save_json({
         "preset": preset, "settings": settings, "data": data, "model": model,
         "codebook_size": k, "dtype": np.dtype(dtype).name, "shapes": shapes,
-        "layout": ("(N, L): VAR scales small to large, each p x p row-major, concatenated"
-                   if cfg.get("quantizer", "").startswith("multiscale") else "(N, h, w)"),
-        "patch_nums": cfg.get("patch_nums") if cfg.get("quantizer", "").startswith("multiscale")
-        else None,
+        "layout": layout.describe(),
+        "patch_nums": list(layout.patch_nums) if layout.patch_nums else None,
         "labels": {s: f"{data}/{s}_labels.npy" for s in SPLITS},
     }, meta)
