@@ -54,8 +54,8 @@ from types import SimpleNamespace
 
 import pandas as pd
 import torch
-import yaml
 
+from vqshrink import config as vqconfig
 from vqshrink.config import deep_merge
 from vqshrink.io import load_torch
 from vqshrink.metrics.codebook import mean_pairwise_distance
@@ -82,8 +82,9 @@ SUMMARY = ("init_euclidean", "kmeans_inertia") + METRICS
 
 
 def load_config(preset: str | None) -> dict:
-    cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
-    return deep_merge(cfg, cfg["presets"][preset]) if preset else cfg
+    """config.yaml resolved as the workflow does (``preset`` None: the paper's)."""
+    return vqconfig.load(ROOT / "config.yaml", ROOT / "workflow/schemas/config.schema.yaml",
+                         {"preset": preset} if preset else None)
 
 
 def quiet() -> None:

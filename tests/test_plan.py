@@ -16,6 +16,7 @@ import yaml
 
 from vqshrink import config as vqconfig
 from vqshrink.plan import experiments as px
+from vqshrink.plan import models as pm
 from vqshrink.plan.budget import PlanError
 from vqshrink.prerequisites import PrerequisitesMissing
 
@@ -37,17 +38,69 @@ def test_the_plan_and_the_workflow_layer_import_no_torch():
 
 
 # ---------------------------------------------------------------- model signatures
-@pytest.mark.parametrize("family", list(px.GENERATOR_CLASSES))
+@pytest.mark.parametrize("family", list(pm.GENERATOR_CLASSES))
 def test_signatures_read_from_source_match_the_imported_models(family):
-    module, config_cls, model_cls = px.GENERATOR_CLASSES[family]
+    module, config_cls, model_cls = pm.GENERATOR_CLASSES[family]
     mod = importlib.import_module(f"vqshrink.models.{module}")
     fields = [f.name for f in dataclasses.fields(getattr(mod, config_cls))]
     params = inspect.signature(getattr(mod, model_cls).sample).parameters
     options = [k for k, p in params.items() if p.kind is p.KEYWORD_ONLY
                and k != "generator" and not k.startswith("_")]
-    assert px.model_config_fields(family) == fields
-    assert px.sampling_keywords(family) == options
+    assert pm.model_config_fields(family) == fields
+    assert pm.sampling_keywords(family) == options
     assert px.TOKEN_FIELDS & set(fields)  # some fields come from the tokens, not config
+
+
+@pytest.mark.parametrize("family", list(pm.ARCHITECTURES))
+def test_architecture_defaults_read_from_source_are_the_models(family):
+    """The fields an architecture entry may state are its config dataclass's and the
+    schema's, and the defaults read from source are the imported dataclass's."""
+    module, config_cls, names = pm.ARCHITECTURES[family]
+    cls = getattr(importlib.import_module(f"vqshrink.models.{module}"), config_cls)
+    defaults = dataclasses.asdict(cls())
+    schema = yaml.safe_load(SCHEMA.read_text())
+    entry = (schema["$defs"]["vqgan_architecture"] if family == "vqgan" else
+             schema["properties"]["vqvae_sweep"]["properties"]["architecture"])
+    assert list(entry["properties"]) == ["family", *names]
+    expected = {"family": family,
+                **{n: list(v) if isinstance(v, tuple) else v
+                   for n, v in defaults.items() if n in names}}
+    assert pm.architecture({"family": family}) == expected
+    assert pm.architecture({"family": family, names[0]: 7})[names[0]] == 7
+
+
+def test_architecture_fields_left_out_take_the_model_defaults():
+    """config.yaml states what the paper sets; the model dataclasses hold the rest. An
+    entry naming only its family resolves to the dataclass's architecture, in every stage's
+    settings (in field order, so the settings and runs' identities do not depend on how
+    much the config states)."""
+    from vqshrink.models.cifar_vqvae import CifarVQVAEConfig
+    from vqshrink.models.vqgan import VQGANConfig
+
+    cfg = {**BASE, "tokenizers": {**BASE["tokenizers"],
+                                  "architectures": {"maskgit": {"family": "vqgan"},
+                                                    "var": {"family": "vqgan", "ch": 32}}},
+           "vqvae_sweep": {**BASE["vqvae_sweep"], "architecture": {"family": "cifar_vqvae"}}}
+    p = px.Plan(vqconfig.resolve(cfg, SCHEMA, [{"preset": "paper"}]))
+    vqgan, cifar = VQGANConfig(), CifarVQVAEConfig()
+    maskgit = p.arch_settings("maskgit", "imagenet100")
+    assert list(maskgit) == ["family", "ch", "ch_mult", "num_res_blocks", "attn_resolutions",
+                             "dropout", "z_channels", "embed_dim", "resolution"]
+    assert maskgit["ch_mult"] == list(vqgan.ch_mult) and maskgit["z_channels"] == vqgan.z_channels
+    assert maskgit["embed_dim"] == vqgan.embed_dim and maskgit["ch"] == vqgan.ch
+    assert p.arch_settings("var", "imagenet100")["ch"] == 32
+    sweep = p.model_settings(W(variant="vqvae-k64", dataset="cifar10"))
+    assert (sweep["hidden"], sweep["res_hidden"], sweep["res_blocks"], sweep["embed_dim"]) == (
+        cifar.hidden, cifar.res_hidden, cifar.res_blocks, cifar.embed_dim)
+
+
+def test_config_yaml_states_no_architecture_field_at_its_model_default():
+    """One source of defaults: an architecture field config.yaml states differs from the
+    model's default (otherwise it belongs to the model dataclass alone)."""
+    archs = [*BASE["tokenizers"]["architectures"].values(), BASE["vqvae_sweep"]["architecture"]]
+    for entry in archs:
+        defaults = pm.architecture({"family": entry["family"]})
+        assert not [k for k in entry if k != "family" and entry[k] == defaults[k]], entry
 
 
 @pytest.mark.parametrize("section, key", [("model", "depht"), ("sampling", "cfg_scale"),

@@ -17,6 +17,8 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from vqshrink.plan import models as vqmodels
+
 
 class ConfigError(ValueError):
     """A config value is missing, unknown or out of range; the message names the key."""
@@ -93,12 +95,26 @@ def resolve(config: Mapping, schema: Mapping | str | Path,
     merged["preset"] = name
     try:
         validate(merged, schema)
+        fill_architecture_defaults(merged)
         check_consistency(merged)
     except ConfigError as err:
         if name != "paper":
             raise ConfigError(f"{err} (after applying preset {name!r})") from None
         raise
     return merged
+
+
+def fill_architecture_defaults(config: dict) -> None:
+    """Complete the tokenizers' architecture entries (``tokenizers.architectures.<name>``,
+    ``vqvae_sweep.architecture``) in place with their model config dataclass's defaults:
+    config.yaml states what the paper sets, the models hold the rest
+    (:mod:`vqshrink.plan.models`)."""
+    tok, sweep = config.get("tokenizers") or {}, config.get("vqvae_sweep") or {}
+    archs = tok.get("architectures") or {}
+    for name, entry in archs.items():
+        archs[name] = vqmodels.architecture(entry)
+    if sweep.get("architecture"):
+        sweep["architecture"] = vqmodels.architecture(sweep["architecture"])
 
 
 def check_consistency(config: Mapping) -> None:

@@ -26,7 +26,6 @@ their records see, so their keys and order are part of the runs' identity.
 
 from __future__ import annotations
 
-import ast
 import functools
 import re
 from collections.abc import Mapping
@@ -38,6 +37,7 @@ from vqshrink import prerequisites as vqprereq
 from vqshrink import weights as vqweights
 from vqshrink.plan import budget as vqbudget
 from vqshrink.plan.budget import PlanError
+from vqshrink.plan.models import model_config_fields, sampling_keywords
 
 SCHEDULES = ("baseline", "deferred")
 SWEEP_ARCH = "cifar_vqvae"
@@ -77,12 +77,6 @@ RUN_PATTERNS = {
     r"seed(?P<seed>\d+)/(?P<schedule>baseline|deferred)",
 }
 
-# Generator family -> (module under vqshrink.models, config dataclass, model class).
-GENERATOR_CLASSES = {
-    "maskgit": ("maskgit", "MaskGITConfig", "MaskGIT"),
-    "var": ("var", "VARConfig", "VAR"),
-    "llamagen": ("llamagen", "LlamaGenConfig", "LlamaGen"),
-}
 # Model config fields the stages fill in from the tokens, never from config.
 TOKEN_FIELDS = frozenset({"vocab_size", "num_classes", "token_shape", "patch_nums", "token_dim"})
 
@@ -95,34 +89,6 @@ SYN_TRAIN_KEYS = ("batch_size", "lr", "weight_decay", "device")
 def vq_phase(schedule: str) -> str:
     """The training phase of a VQ run: from scratch (baseline) or fine-tuning (deferred)."""
     return "baseline" if schedule == "baseline" else "finetune"
-
-
-# ---------------------------------------------------------------- model signatures (no torch)
-@functools.cache
-def _model_module(family: str) -> ast.Module:
-    module = GENERATOR_CLASSES[family][0]
-    path = Path(__file__).resolve().parents[1] / "models" / f"{module}.py"
-    return ast.parse(path.read_text(), filename=str(path))
-
-
-def _class_def(family: str, name: str) -> ast.ClassDef:
-    return next(n for n in _model_module(family).body
-                if isinstance(n, ast.ClassDef) and n.name == name)
-
-
-def model_config_fields(family: str) -> list[str]:
-    """The fields of a generator's config dataclass, read from its source (no import)."""
-    cls = _class_def(family, GENERATOR_CLASSES[family][1])
-    return [n.target.id for n in cls.body
-            if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)]
-
-
-def sampling_keywords(family: str) -> list[str]:
-    """The keyword-only options of a generator's ``sample`` (no ``generator``, no ``_x``)."""
-    cls = _class_def(family, GENERATOR_CLASSES[family][2])
-    sample = next(n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == "sample")
-    return [a.arg for a in sample.args.kwonlyargs
-            if a.arg != "generator" and not a.arg.startswith("_")]
 
 
 def _runs(dims, hiddens, seeds, schedules) -> list[str]:
