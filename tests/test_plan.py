@@ -48,7 +48,7 @@ def test_signatures_read_from_source_match_the_imported_models(family):
                and k != "generator" and not k.startswith("_")]
     assert pm.model_config_fields(family) == fields
     assert pm.sampling_keywords(family) == options
-    assert px.TOKEN_FIELDS & set(fields)  # some fields come from the tokens, not config
+    assert pm.TOKEN_FIELDS & set(fields)  # some fields come from the tokens, not config
 
 
 @pytest.mark.parametrize("family", list(pm.ARCHITECTURES))
@@ -94,12 +94,30 @@ def test_architecture_fields_left_out_take_the_model_defaults():
         cifar.hidden, cifar.res_hidden, cifar.res_blocks, cifar.embed_dim)
 
 
-def test_config_yaml_states_no_architecture_field_at_its_model_default():
-    """One source of defaults: an architecture field config.yaml states differs from the
-    model's default (otherwise it belongs to the model dataclass alone)."""
+@pytest.mark.parametrize("family", list(pm.GENERATOR_CLASSES))
+def test_generator_model_fields_left_out_take_the_model_defaults(family):
+    """A generator's settings hold its whole model: the fields config leaves out at the
+    dataclass's defaults (the token fields come from the tokens), a stated one as stated."""
+    module, config_cls, _ = pm.GENERATOR_CLASSES[family]
+    cls = getattr(importlib.import_module(f"vqshrink.models.{module}"), config_cls)
+    tokens = {"vocab_size": 64, "num_classes": 3}
+    stated = {"maskgit": {"depth": 2}, "var": {"depth": 2}, "llamagen": {"n_layer": 2}}[family]
+    model = plan("paper", generators={"models": {family: {"model": stated}}}).gen_train_settings(
+        W(generator=family))["model"]
+    assert list(model) == [f for f in pm.model_config_fields(family) if f not in pm.TOKEN_FIELDS]
+    assert dataclasses.asdict(cls(**model, **tokens)) == dataclasses.asdict(
+        cls(**stated, **tokens))
+    assert {k: model[k] for k in stated} == stated
+
+
+def test_config_yaml_states_no_model_field_at_its_default():
+    """One source of defaults: a model field config.yaml states differs from the model's
+    default (otherwise it belongs to the model dataclass alone)."""
     archs = [*BASE["tokenizers"]["architectures"].values(), BASE["vqvae_sweep"]["architecture"]]
-    for entry in archs:
-        defaults = pm.architecture({"family": entry["family"]})
+    stated = [(entry, pm.architecture({"family": entry["family"]})) for entry in archs]
+    stated += [(spec.get("model", {}), pm.generator_model(g, {}))
+               for g, spec in BASE["generators"]["models"].items()]
+    for entry, defaults in stated:
         assert not [k for k in entry if k != "family" and entry[k] == defaults[k]], entry
 
 

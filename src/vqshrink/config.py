@@ -95,7 +95,7 @@ def resolve(config: Mapping, schema: Mapping | str | Path,
     merged["preset"] = name
     try:
         validate(merged, schema)
-        fill_architecture_defaults(merged)
+        fill_model_defaults(merged)
         check_consistency(merged)
     except ConfigError as err:
         if name != "paper":
@@ -104,17 +104,19 @@ def resolve(config: Mapping, schema: Mapping | str | Path,
     return merged
 
 
-def fill_architecture_defaults(config: dict) -> None:
-    """Complete the tokenizers' architecture entries (``tokenizers.architectures.<name>``,
-    ``vqvae_sweep.architecture``) in place with their model config dataclass's defaults:
-    config.yaml states what the paper sets, the models hold the rest
-    (:mod:`vqshrink.plan.models`)."""
+def fill_model_defaults(config: dict) -> None:
+    """Complete the models in place with their config dataclass's defaults: the tokenizers'
+    architectures (``tokenizers.architectures.<name>``, ``vqvae_sweep.architecture``) and
+    the generators' (``generators.models.<name>.model``). config.yaml states what differs
+    from the models' defaults, which are the paper's (:mod:`vqshrink.plan.models`)."""
     tok, sweep = config.get("tokenizers") or {}, config.get("vqvae_sweep") or {}
     archs = tok.get("architectures") or {}
     for name, entry in archs.items():
         archs[name] = vqmodels.architecture(entry)
     if sweep.get("architecture"):
         sweep["architecture"] = vqmodels.architecture(sweep["architecture"])
+    for family, spec in ((config.get("generators") or {}).get("models") or {}).items():
+        spec["model"] = vqmodels.generator_model(family, spec.get("model") or {})
 
 
 def check_consistency(config: Mapping) -> None:

@@ -37,7 +37,7 @@ from vqshrink import prerequisites as vqprereq
 from vqshrink import weights as vqweights
 from vqshrink.plan import budget as vqbudget
 from vqshrink.plan.budget import PlanError
-from vqshrink.plan.models import model_config_fields, sampling_keywords
+from vqshrink.plan.models import TOKEN_FIELDS, model_config_fields, sampling_keywords
 
 SCHEDULES = ("baseline", "deferred")
 SWEEP_ARCH = "cifar_vqvae"
@@ -76,9 +76,6 @@ RUN_PATTERNS = {
     "synthetic_train_vq": r"results/synthetic/dim(?P<dim>\d+)/h(?P<hidden>\d+)/"
     r"seed(?P<seed>\d+)/(?P<schedule>baseline|deferred)",
 }
-
-# Model config fields the stages fill in from the tokens, never from config.
-TOKEN_FIELDS = frozenset({"vocab_size", "num_classes", "token_shape", "patch_nums", "token_dim"})
 
 SYN_DATA_KEYS = ("n_clusters", "points_per_cluster", "cluster_std", "center_box",
                  "min_separation", "data_seed")

@@ -1,11 +1,12 @@
 """The models' config dataclasses, read from their source without importing torch: the plan
 (and the config loader) run at Snakemake parse time, where no model is built.
 
-The dataclasses in :mod:`vqshrink.models` are the one source of each model's defaults.
-``config.yaml`` states what the paper sets (and what differs per architecture); an
-architecture entry's other fields take their dataclass default here, when the config is
+The dataclasses in :mod:`vqshrink.models` are the one source of each model's defaults,
+and their defaults are the paper's models. ``config.yaml`` states only what differs (VAR's
+32-channel tokenizer latent, a preset's smaller models); the other fields of a tokenizer
+architecture or a generator model take their dataclass default here, when the config is
 resolved (:func:`vqshrink.config.resolve`), so every stage, record and check sees the whole
-architecture.
+model.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ GENERATOR_CLASSES = {
     "var": ("var", "VARConfig", "VAR"),
     "llamagen": ("llamagen", "LlamaGenConfig", "LlamaGen"),
 }
+
+# Generator config fields the stages fill in from the tokens, never from config.
+TOKEN_FIELDS = frozenset({"vocab_size", "num_classes", "token_shape", "patch_nums", "token_dim"})
 
 # Tokenizer family -> (module, config dataclass, the fields an architecture entry may state,
 # in the order the stages' settings list them; workflow/schemas/config.schema.yaml lists
@@ -73,6 +77,18 @@ def architecture(entry: Mapping[str, Any]) -> dict[str, Any]:
     module, cls, names = ARCHITECTURES[entry["family"]]
     defaults = dataclass_defaults(module, cls, names)
     return {"family": entry["family"], **{n: entry.get(n, defaults[n]) for n in names}}
+
+
+def generator_model(family: str, entry: Mapping[str, Any]) -> dict[str, Any]:
+    """``generators.models.<family>.model`` with every field of the family's config
+    dataclass but the token fields at its default, in field order. Keys the dataclass does
+    not have are kept, for the plan's check to name them
+    (:meth:`vqshrink.plan.experiments.Plan.check_generator_keys`)."""
+    module, cls, _ = GENERATOR_CLASSES[family]
+    names = tuple(n for n in model_config_fields(family) if n not in TOKEN_FIELDS)
+    defaults = dataclass_defaults(module, cls, names)
+    return {**{n: entry.get(n, defaults[n]) for n in names},
+            **{k: v for k, v in entry.items() if k not in defaults}}
 
 
 def model_config_fields(family: str) -> list[str]:
