@@ -8,6 +8,7 @@ import json
 import numpy as np
 import yaml
 
+from vqshrink import config as vqconfig
 from vqshrink.config import deep_merge
 from vqshrink.plan import budget as pb
 from vqshrink.stages.generator import capped_labels, sample_labels
@@ -37,12 +38,15 @@ def _get(cfg, keys):
 
 
 def test_smoke_keeps_every_paper_shape():
+    """Compared as the stages see them: resolved, the models filled from their dataclasses."""
+    schema = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+    paper, smoke = (vqconfig.resolve(CONFIG, schema, [{"preset": p}]) for p in ("paper", "smoke"))
     for keys in SHAPE_KEYS:
-        assert _get(SMOKE, keys) == _get(CONFIG, keys), ".".join(keys)
+        assert _get(smoke, keys) == _get(paper, keys), ".".join(keys)
     for g in ("maskgit", "var", "llamagen"):
-        assert SMOKE["generators"]["models"][g]["model"] == CONFIG["generators"]["models"][g][
+        assert smoke["generators"]["models"][g]["model"] == paper["generators"]["models"][g][
             "model"], g
-    assert SMOKE["datasets"]["substitute"] is None
+    assert smoke["datasets"]["substitute"] is None
 
 
 def test_budget_caps_are_null_at_paper_scale():
