@@ -70,7 +70,7 @@ def test_architecture_defaults_read_from_source_are_the_models(family):
 
 
 def test_architecture_fields_left_out_take_the_model_defaults():
-    """config.yaml states what the paper sets; the model dataclasses hold the rest. An
+    """The model dataclasses hold the defaults, config.yaml what differs from them. An
     entry naming only its family resolves to the dataclass's architecture, in every stage's
     settings (in field order, so the settings and runs' identities do not depend on how
     much the config states)."""
