@@ -7,8 +7,6 @@ models.
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 from torch import nn
 
@@ -33,11 +31,6 @@ def model_classes(family: str) -> tuple[type, type]:
 
         return LlamaGenConfig, LlamaGen
     raise ValueError(f"unknown generator {family!r}; known: {GENERATORS}")
-
-
-def config_keys(family: str) -> list[str]:
-    """The model config keys a generator accepts (its dataclass fields)."""
-    return [f.name for f in dataclasses.fields(model_classes(family)[0])]
 
 
 def build_generator(family: str, model_cfg: dict, *, tokenizer: nn.Module, token_shape: tuple,
